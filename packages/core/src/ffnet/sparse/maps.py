@@ -1,0 +1,183 @@
+"""Kernel maps (rulebooks) in pure PyTorch: coordinate hashing, neighbour search, output sites.
+
+A kernel map lists, for every kernel offset, the pairs ``(input row, output row)`` that the offset
+connects. Convolutions then gather input rows, multiply by the offset's weight and scatter-add into
+output rows (:mod:`ffnet.sparse.functional`). Everything is built from int64 voxel keys
+(:func:`ffnet.sparse.tensor.coord_keys`), ``torch.sort`` and ``torch.searchsorted``: no hash table,
+no custom kernel, the same code on CPU and CUDA.
+
+Geometry follows ``torch.nn.functional.conv3d`` (cross-correlation): offset ``k = (kz, ky, kx)``
+connects input site ``i`` to output site ``o`` when ``i = o * stride - padding + k`` per axis.
+Offsets are numbered row-major, matching ``weight.reshape(out, in, -1)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tensor import CoordinateContext, coord_keys, keys_to_coords
+
+__all__ = ["KernelMap", "build_subm_map", "build_conv_map", "kernel_offsets", "conv_output_shape", "make_map",
+           "mirrored_subm_map"]
+
+# Upper bound on (offsets x points) handled per vectorized step, to bound temporary memory
+# (each step holds a few int64 tensors of this many elements: 2**22 -> ~32 MB each).
+_CHUNK = 1 << 22
+
+
+@dataclass(eq=False)
+class KernelMap:
+    """Pairs ``in_idx[j] -> out_idx[j]`` through kernel offset ``offset[j]``, sorted by offset.
+
+    Attributes:
+        in_idx: ``(P,)`` int64 input rows.
+        out_idx: ``(P,)`` int64 output rows.
+        offset: ``(P,)`` int64 kernel offset ids (row-major over the kernel).
+        counts: pairs per offset (python ints, ``len == kernel volume``), for slicing.
+        num_in: input rows.
+        num_out: output rows.
+        identity_offset: submanifold maps keep the centre offset implicit (it maps row ``i`` to row
+            ``i``): its id, else ``None``.
+    """
+
+    in_idx: torch.Tensor
+    out_idx: torch.Tensor
+    offset: torch.Tensor
+    counts: tuple[int, ...]
+    num_in: int
+    num_out: int
+    identity_offset: int | None = None
+
+    @property
+    def kernel_volume(self) -> int:
+        return len(self.counts)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.in_idx.shape[0]
+
+    def transposed(self) -> KernelMap:
+        """The same connections read backwards (output rows become input rows), for inverse convs."""
+        return KernelMap(self.out_idx, self.in_idx, self.offset, self.counts, self.num_out, self.num_in,
+                         self.identity_offset)
+
+
+def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """``(K, 3)`` int64 kernel positions ``(kz, ky, kx)`` in row-major order."""
+    axes = [torch.arange(k, device=device) for k in kernel_size]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def conv_output_shape(spatial_shape, kernel_size, stride, padding) -> tuple[int, int, int]:
+    """Output grid of a strided conv (``conv3d``'s formula, dilation 1); raises if it is empty."""
+    out = tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(spatial_shape, kernel_size, stride, padding))
+    if any(o <= 0 for o in out):
+        raise ValueError(f"conv with kernel {kernel_size}, stride {stride}, padding {padding} on spatial shape "
+                         f"{tuple(spatial_shape)} gives an empty output grid {out}")
+    return out  # type: ignore[return-value]
+
+
+def _empty_map(num_in: int, num_out: int, volume: int, device, identity: int | None) -> KernelMap:
+    z = torch.zeros(0, dtype=torch.int64, device=device)
+    return KernelMap(z, z, z, (0,) * volume, num_in, num_out, identity)
+
+
+def build_subm_map(ctx: CoordinateContext, kernel_size: tuple[int, int, int]) -> KernelMap:
+    """Submanifold map: outputs are the input sites; each looks up its neighbours within the kernel.
+
+    Uses the symmetry of odd kernels (offset ``k`` connects ``i -> o`` iff offset ``K-1-k`` connects
+    ``o -> i``) to search only half of the offsets; the centre stays implicit.
+    """
+    if any(k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"submanifold convs need odd kernel sizes, got {kernel_size}")
+    n = ctx.num_points
+    device = ctx.indices.device
+    offs = kernel_offsets(kernel_size, device) - torch.tensor([k // 2 for k in kernel_size], device=device)
+    volume = offs.shape[0]
+    centre = volume // 2
+    if n == 0 or volume == 1:
+        return _empty_map(n, n, volume, device, centre)
+    keys_sorted, perm = ctx.sorted_keys()
+    idx = ctx.indices.long()
+    batch, zyx = idx[:, 0], idx[:, 1:]
+    shape = torch.tensor(ctx.spatial_shape, device=device)
+
+    in_half, out_half, counts_half = [], [], []
+    step = max(1, _CHUNK // n)
+    for start in range(0, centre, step):
+        d = offs[start:min(start + step, centre)]
+        nb = zyx[None] + d[:, None]  # (k', N, 3) neighbour coordinates
+        inside = ((nb >= 0) & (nb < shape)).all(-1)
+        nb_keys = coord_keys(batch[None], nb, ctx.spatial_shape)  # (k', N)
+        pos = torch.searchsorted(keys_sorted, nb_keys).clamp_(max=n - 1)
+        hit = inside & (keys_sorted[pos] == nb_keys)
+        kk, out_rows = hit.nonzero(as_tuple=True)  # sorted by offset, then output row
+        in_half.append(perm[pos[kk, out_rows]])
+        out_half.append(out_rows)
+        counts_half.extend(hit.sum(1).tolist())
+    return mirrored_subm_map(torch.cat(in_half), torch.cat(out_half), counts_half, n)
+
+
+def mirrored_subm_map(in_half: torch.Tensor, out_half: torch.Tensor, counts_half: list[int], n: int) -> KernelMap:
+    """Full submanifold map from the pairs of the offsets before the centre (sorted by offset).
+
+    Offsets ``centre+1 .. K-1`` mirror offsets ``centre-1 .. 0`` with the roles of the rows
+    swapped; the centre is the implicit identity. spconv's native CPU rulebooks use the same form.
+    """
+    in_mirror = torch.split(out_half, counts_half)[::-1]
+    out_mirror = torch.split(in_half, counts_half)[::-1]
+    in_idx = torch.cat([in_half, *in_mirror])
+    out_idx = torch.cat([out_half, *out_mirror])
+    counts = (*counts_half, 0, *counts_half[::-1])
+    return make_map(in_idx, out_idx, counts, n, n, len(counts_half))
+
+
+def make_map(in_idx, out_idx, counts, num_in: int, num_out: int, identity: int | None) -> KernelMap:
+    """KernelMap from pair lists already sorted by offset and the pair count of each offset."""
+    device = in_idx.device
+    offset = torch.repeat_interleave(torch.arange(len(counts), device=device),
+                                     torch.tensor(counts, device=device), output_size=in_idx.shape[0])
+    return KernelMap(in_idx, out_idx, offset, tuple(counts), num_in, num_out, identity)
+
+
+def build_conv_map(ctx: CoordinateContext, kernel_size, stride, padding) -> tuple[KernelMap, CoordinateContext]:
+    """Regular (strided) sparse conv map and its output coordinates.
+
+    An output site is active iff some input site falls inside its kernel window, i.e. the output
+    coordinates are the non-zero support of the dense conv of the occupancy grid. Output sites are
+    ordered by key (row-major ``[b, z, y, x]``).
+
+    Returns:
+        ``(map, output context)``.
+    """
+    out_shape = conv_output_shape(ctx.spatial_shape, kernel_size, stride, padding)
+    n = ctx.num_points
+    device = ctx.indices.device
+    offs = kernel_offsets(kernel_size, device)
+    volume = offs.shape[0]
+    if n == 0:
+        out_ctx = CoordinateContext(torch.zeros(0, 4, dtype=torch.int32, device=device), out_shape, ctx.batch_size)
+        return _empty_map(0, 0, volume, device, None), out_ctx
+    idx = ctx.indices.long()
+    batch, zyx = idx[:, 0], idx[:, 1:]
+    stride_t = torch.tensor(stride, device=device)
+    shift = torch.tensor(padding, device=device) - offs  # (K, 3): i + p - k = o * s
+    out_shape_t = torch.tensor(out_shape, device=device)
+
+    in_rows, out_keys, counts = [], [], []
+    step = max(1, _CHUNK // n)
+    for start in range(0, volume, step):
+        t = zyx[None] + shift[start:start + step, None]  # (k', N, 3)
+        o = torch.div(t, stride_t, rounding_mode="floor")
+        ok = ((t - o * stride_t) == 0).all(-1) & (o >= 0).all(-1) & (o < out_shape_t).all(-1)
+        keys = coord_keys(batch[None], o, out_shape)  # (k', N)
+        kk, rows = ok.nonzero(as_tuple=True)  # sorted by offset, then input row
+        in_rows.append(rows)
+        out_keys.append(keys[kk, rows])
+        counts.extend(ok.sum(1).tolist())
+    uniq, out_idx = torch.unique(torch.cat(out_keys), sorted=True, return_inverse=True)
+    kmap = make_map(torch.cat(in_rows), out_idx, counts, n, uniq.shape[0], None)
+    out_ctx = CoordinateContext(keys_to_coords(uniq, out_shape), out_shape, ctx.batch_size)
+    out_ctx._sorted = (uniq, torch.arange(uniq.shape[0], device=device))  # already in key order
+    return kmap, out_ctx
