@@ -1,0 +1,32 @@
+"""Repository-wide pytest fixtures: device selection, data directory, GPU marker handling."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Device under test: $FFNET_TEST_DEVICE, else CPU (the same code paths run on CUDA)."""
+    return torch.device(os.environ.get("FFNET_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Root of the staged public test data ($FFNET_DATA_DIR); tests needing it skip without it."""
+    root = os.environ.get("FFNET_DATA_DIR")
+    if not root or not Path(root).is_dir():
+        pytest.skip("FFNET_DATA_DIR is not set to the staged data directory")
+    return Path(root)
