@@ -13,8 +13,6 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from ffnet.sparse import (
     FeatureWise,
     SparseBatchNorm,
@@ -30,6 +28,7 @@ from ffnet.sparse import (
     sparse_add,
     to_bev,
 )
+from torch import nn
 
 HAS_SPCONV = importlib.util.find_spec("spconv") is not None
 IMPLS = ["torch", pytest.param("spconv", marks=pytest.mark.skipif(not HAS_SPCONV, reason="spconv not installed"))]
@@ -38,7 +37,7 @@ ATOL = 2e-4
 
 
 # ------------------------------------------------------------------------------------- helpers
-def random_input(channels: int, seed: int = 0, shape=SHAPE, density: float = 0.3, batch: int = 2):
+def random_input(channels: int, seed: int = 0, shape=SHAPE, density: float = 0.3, batch: int = 2, device="cpu"):
     """Random sparse batch: returns (SparseTensor with leaf features, dense leaf copy, active mask)."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(batch, *shape, generator=g) < density  # (B, D, H, W)
@@ -46,8 +45,8 @@ def random_input(channels: int, seed: int = 0, shape=SHAPE, density: float = 0.3
     feats = torch.randn(idx.shape[0], channels, generator=g)
     dense = torch.zeros(batch, channels, *shape)
     dense[idx[:, 0], :, idx[:, 1], idx[:, 2], idx[:, 3]] = feats
-    x = SparseTensor(feats.clone().requires_grad_(), idx.int(), shape, batch)
-    return x, dense.requires_grad_(), mask
+    x = SparseTensor(feats.to(device, copy=True).requires_grad_(), idx.int().to(device), shape, batch)
+    return x, dense.to(device, copy=True).requires_grad_(), mask.to(device)
 
 
 def at_sites(dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -89,10 +88,10 @@ def _threads_untouched():
 # --------------------------------------------------------------------------------- submanifold
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_subm_conv_matches_dense(impl, k):
+def test_subm_conv_matches_dense(impl, k, device):
     torch.manual_seed(k)
-    x, xd, mask = random_input(3, seed=k)
-    conv = SubMConv3d(3, 5, k, impl=impl)
+    x, xd, mask = random_input(3, seed=k, device=device)
+    conv = SubMConv3d(3, 5, k, impl=impl).to(device)
     w, b = leaf_copies(conv)
     y = conv(x)
     assert y.coords is x.coords  # submanifold: same sites, shared map cache
@@ -102,11 +101,11 @@ def test_subm_conv_matches_dense(impl, k):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("k,mult", [(3, 1), (5, 1), (7, 1), (7, 2)])
-def test_subm_depthwise_matches_dense(impl, k, mult):
+def test_subm_depthwise_matches_dense(impl, k, mult, device):
     torch.manual_seed(k + mult)
     c = 4
-    x, xd, _ = random_input(c, seed=10 + k)
-    conv = SubMConv3d(c, c * mult, k, groups=c, impl=impl)
+    x, xd, _ = random_input(c, seed=10 + k, device=device)
+    conv = SubMConv3d(c, c * mult, k, groups=c, impl=impl).to(device)
     assert conv.weight.shape == (c * mult, 1, k, k, k)
     w, b = leaf_copies(conv)
     y = conv(x)
@@ -115,9 +114,9 @@ def test_subm_depthwise_matches_dense(impl, k, mult):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_grouped_conv_matches_dense(impl):
+def test_grouped_conv_matches_dense(impl, device):
     torch.manual_seed(0)
-    x, xd, _ = random_input(4, seed=3)
+    x, xd, _ = random_input(4, seed=3, device=device)
     conv = SubMConv3d(4, 6, 3, groups=2, impl=impl)  # neither dense-channel nor depthwise
     w, b = leaf_copies(conv)
     compare_fwd_bwd(conv, x, xd, conv(x), F.conv3d(xd, w, b, padding=1, groups=2), w, b)
@@ -126,17 +125,17 @@ def test_grouped_conv_matches_dense(impl):
 # ------------------------------------------------------------------------------------- strided
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("k,s,p,groups,mult", [(3, 2, 1, 1, 1), (2, 2, 0, 1, 1), (3, 2, 1, 3, 2)])
-def test_strided_conv_matches_dense(impl, k, s, p, groups, mult):
+def test_strided_conv_matches_dense(impl, k, s, p, groups, mult, device):
     torch.manual_seed(k * 7 + groups)
     c = 3
     out_chs = 5 if groups == 1 else c * mult
-    x, xd, mask = random_input(c, seed=20 + k + groups)
-    conv = SparseConv3d(c, out_chs, k, stride=s, padding=p, groups=groups, impl=impl)
+    x, xd, mask = random_input(c, seed=20 + k + groups, device=device)
+    conv = SparseConv3d(c, out_chs, k, stride=s, padding=p, groups=groups, impl=impl).to(device)
     w, b = leaf_copies(conv)
     y = conv(x)
     yd = F.conv3d(xd, w, b, stride=s, padding=p, groups=groups)
     # Output sites == non-zero support of the dense conv of the occupancy grid.
-    support = F.conv3d(mask[:, None].float(), torch.ones(1, 1, k, k, k), stride=s, padding=p)[:, 0] > 0
+    support = F.conv3d(mask[:, None].float(), torch.ones(1, 1, k, k, k, device=device), stride=s, padding=p)[:, 0] > 0
     assert y.spatial_shape == tuple(yd.shape[2:])
     assert coord_set(y.indices) == coord_set(support.nonzero())
     compare_fwd_bwd(conv, x, xd, y, yd, w, b)
@@ -144,16 +143,16 @@ def test_strided_conv_matches_dense(impl, k, s, p, groups, mult):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("groups", [1, 4])
-def test_inverse_conv_matches_conv_transpose(impl, groups):
+def test_inverse_conv_matches_conv_transpose(impl, groups, device):
     torch.manual_seed(groups)
     c_fine, c_coarse = 4, 4
-    x, _, mask = random_input(c_fine, seed=30)
-    down = SparseConv3d(c_fine, c_coarse, 3, stride=2, padding=1, impl=impl)
+    x, _, mask = random_input(c_fine, seed=30, device=device)
+    down = SparseConv3d(c_fine, c_coarse, 3, stride=2, padding=1, impl=impl).to(device)
     coarse = down(x)
     # Fresh leaf features on the coarse sites (the map stays attached to the coordinates).
-    y = coarse.replace_feature(torch.randn(coarse.num_points, c_coarse).requires_grad_())
+    y = coarse.replace_feature(torch.randn(coarse.num_points, c_coarse, device=device).requires_grad_())
     yd = y.dense().detach().requires_grad_()
-    up = SparseInverseConv3d(c_coarse, c_fine, 3, stride=2, padding=1, groups=groups, impl=impl)
+    up = SparseInverseConv3d(c_coarse, c_fine, 3, stride=2, padding=1, groups=groups, impl=impl).to(device)
     w, b = leaf_copies(up)
     z = up(y)
     assert z.coords is x.coords  # back on the encoder's sites: skip sums work
@@ -165,28 +164,28 @@ def test_inverse_conv_matches_conv_transpose(impl, groups):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_inverse_conv_needs_map_or_ref(impl):
-    x, _, _ = random_input(2, seed=31)
-    y = SparseConv3d(2, 2, 3, stride=2, padding=1, impl=impl)(x)
-    up = SparseInverseConv3d(2, 2, 3, stride=2, padding=1, impl=impl)
+def test_inverse_conv_needs_map_or_ref(impl, device):
+    x, _, _ = random_input(2, seed=31, device=device)
+    y = SparseConv3d(2, 2, 3, stride=2, padding=1, impl=impl).to(device)(x)
+    up = SparseInverseConv3d(2, 2, 3, stride=2, padding=1, impl=impl).to(device)
     bare = SparseTensor(y.features.detach(), y.indices.clone(), y.spatial_shape, y.batch_size)  # no map attached
     with pytest.raises(ValueError, match="no .* map"):
         up(bare)
     torch.testing.assert_close(up(bare, ref=x).features, up(y).features)
-    other, _, _ = random_input(2, seed=32)
+    other, _, _ = random_input(2, seed=32, device=device)
     with pytest.raises(ValueError, match="not the output sites"):
         up(bare, ref=other)
 
 
 # ---------------------------------------------------------------------------------- composites
 @pytest.mark.parametrize("impl", IMPLS)
-def test_ffnified_attention_composite_matches_dense(impl):
+def test_ffnified_attention_composite_matches_dense(impl, device):
     """Depthwise 7^3 -> GELU -> depthwise 7^3 (the FFNified-attention key/value pair) vs dense conv3d."""
     torch.manual_seed(1)
     c = 4
-    x, xd, mask = random_input(c, seed=40)
-    key = SubMConv3d(c, c, 7, groups=c, impl=impl)
-    value = SubMConv3d(c, c, 7, groups=c, impl=impl)
+    x, xd, mask = random_input(c, seed=40, device=device)
+    key = SubMConv3d(c, c, 7, groups=c, impl=impl).to(device)
+    value = SubMConv3d(c, c, 7, groups=c, impl=impl).to(device)
     y = value(SparseGELU()(key(x)))
     assert len(x.cache) == 1  # both 7^3 convs used one neighbour map
     wk, bk = leaf_copies(key)
@@ -212,10 +211,10 @@ def _run_encoder_decoder(net, x):
 
 
 @pytest.mark.skipif(not HAS_SPCONV, reason="spconv not installed")
-def test_implementations_agree():
-    x, _, _ = random_input(3, seed=50, shape=(10, 9, 11))
+def test_implementations_agree(device):
+    x, _, _ = random_input(3, seed=50, shape=(10, 9, 11), device=device)
     x2 = SparseTensor(x.features.detach().clone().requires_grad_(), x.indices, x.spatial_shape, x.batch_size)
-    net_t, net_s = _encoder_decoder("torch"), _encoder_decoder("spconv")
+    net_t, net_s = _encoder_decoder("torch").to(device), _encoder_decoder("spconv").to(device)
     net_s.load_state_dict(net_t.state_dict())  # state dicts are implementation-independent
     out_t, out_s = _run_encoder_decoder(net_t, x), _run_encoder_decoder(net_s, x2)
     torch.testing.assert_close(out_t, out_s, atol=ATOL, rtol=1e-4)
@@ -331,15 +330,17 @@ def test_bad_conv_usage():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_empty_tensor_flows_through(impl):
-    x = SparseTensor(torch.zeros(0, 3, requires_grad=True), torch.zeros(0, 4, dtype=torch.int32), SHAPE, 2)
+def test_empty_tensor_flows_through(impl, device):
+    x = SparseTensor(torch.zeros(0, 3, device=device, requires_grad=True),
+                     torch.zeros(0, 4, dtype=torch.int32, device=device), SHAPE, 2)
     net = [SubMConv3d(3, 4, 3, impl=impl), SparseBatchNorm(4), SparseGELU(), SubMConv3d(4, 8, 7, groups=4, impl=impl),
            SparseConv3d(8, 8, 3, 2, 1, impl=impl)]
+    net = [m.to(device) for m in net]
     y = x
     for m in net:
         y = m(y)
     assert y.features.shape == (0, 8) and y.spatial_shape == (4, 4, 5)
-    z = SparseInverseConv3d(8, 3, 3, 2, 1, impl=impl)(y)
+    z = SparseInverseConv3d(8, 3, 3, 2, 1, impl=impl).to(device)(y)
     assert z.features.shape == (0, 3) and z.dense().shape == (2, 3, *SHAPE)
     assert to_bev(z).abs().sum() == 0
     (z.features.sum() + y.features.sum()).backward()
