@@ -26,6 +26,7 @@ import numpy as np
 
 from ._open3d import o3d
 from .boxes import Calibration, points_in_boxes
+from .iou import bev_iou_numba
 from .io import KittiObjects, write_bin, write_calib, write_label
 
 __all__ = ["SynthConfig", "synth_calibration", "generate_frame", "write_dataset"]
@@ -51,12 +52,13 @@ class SynthConfig:
     range_noise: float = 0.02
     drop_prob: float = 0.05
     image_shape: tuple[int, int] = (375, 1242)
-    n_cars: tuple[int, int] = (3, 10)
-    n_pedestrians: tuple[int, int] = (1, 5)
+    n_cars: tuple[int, int] = (2, 8)
+    n_pedestrians: tuple[int, int] = (1, 4)
     n_cyclists: tuple[int, int] = (1, 3)
     n_clutter: tuple[int, int] = (6, 16)
-    object_range: tuple[float, float] = (4.0, 55.0)
+    object_range: tuple[float, float] = (4.0, 52.0)
     camera_half_fov: float = 38.0
+    max_abs_y: float = 26.0
     extra: dict = field(default_factory=dict)
 
 
@@ -166,12 +168,18 @@ def _sample_part_points(part: _Part, origin, yaw, n_side: int = 2) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------------- scene
-def _bev_overlap(b, others, margin):
-    """Circle test in BEV (cheap, conservative) against already placed footprints."""
-    for o in others:
-        if np.hypot(b[0] - o[0], b[1] - o[1]) < (b[2] + o[2]) / 2 + margin:
-            return True
-    return False
+class _Footprints:
+    """Occupied BEV rectangles; a candidate is rejected when it intersects any of them."""
+
+    def __init__(self):
+        self.boxes = np.zeros((0, 7))
+
+    def try_add(self, x, y, l, w, yaw, margin) -> bool:
+        cand = np.array([[x, y, 0.0, l + 2 * margin, w + 2 * margin, 1.0, yaw]])
+        if len(self.boxes) and (bev_iou_numba(cand, self.boxes) > 0).any():
+            return False
+        self.boxes = np.concatenate([self.boxes, cand])
+        return True
 
 
 def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration | None = None):
@@ -180,12 +188,40 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
     calib = calib or synth_calibration()
     ground_z = -cfg.sensor_height + rng.normal(0, 0.03)
     meshes = []  # (vertices, triangles, albedo, owner object index or -1)
-    footprints = []  # (x, y, diameter)
+    occupied = _Footprints()
+    P = lambda kind_, c, s: _Part(kind_, np.asarray(c, float), np.asarray(s, float))  # noqa: E731
+
+    def add_static(parts, origin, yaw, albedo):
+        for p in parts:
+            v, f = _part_mesh(p, origin, yaw)
+            meshes.append((v, f, albedo, -1))
 
     size = 160.0
     gv = np.array([[-size, -size, ground_z], [size, -size, ground_z], [size, size, ground_z], [-size, size, ground_z]],
                   dtype=np.float32)
     meshes.append((gv, np.array([[0, 1, 2], [0, 2, 3]], dtype=np.uint32), rng.uniform(0.08, 0.2), -1))
+
+    # ---- road-side building rows / hedges (unlabelled), placed first
+    road_yaw = rng.normal(0, 0.08)
+    corridor = {1.0: cfg.max_abs_y, -1.0: cfg.max_abs_y}  # free half-width left / right of the road
+    for side in (1.0, -1.0):
+        if rng.random() > cfg.extra.get("p_building_row", 0.6):
+            continue
+        offset = rng.uniform(8.0, 16.0)
+        corridor[side] = offset
+        x = rng.uniform(-60.0, -40.0)
+        while x < 80.0:
+            seg = rng.uniform(4.0, 15.0)
+            depth = rng.uniform(0.5, 6.0)
+            height = rng.uniform(1.0, 9.0)
+            cx = x + seg / 2
+            cy = side * (offset + depth / 2)
+            px = cx * np.cos(road_yaw) - cy * np.sin(road_yaw)
+            py = cx * np.sin(road_yaw) + cy * np.cos(road_yaw)
+            if occupied.try_add(px, py, seg, depth, road_yaw, 0.2):
+                add_static([P("box", (0, 0, height / 2), (seg, depth, height))], np.array([px, py, ground_z]),
+                           road_yaw, rng.uniform(0.1, 0.7))
+            x += seg + rng.uniform(0.0, 6.0)
 
     # ---- labelled objects, placed inside the camera's horizontal field of view
     objects = []  # (cls, box7, parts, yaw, origin)
@@ -202,16 +238,21 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
                 r = rng.uniform(*cfg.object_range) if cls == "Car" else rng.uniform(cfg.object_range[0], 40.0)
                 az = rng.uniform(-half_fov, half_fov)
                 x, y = r * np.cos(az), r * np.sin(az)
-                l, w, h = (np.maximum(rng.normal(mean, std), np.asarray(mean) * 0.6))
-                diam = np.hypot(l, w)
-                if not _bev_overlap((x, y, diam), footprints, 0.3):
+                # lateral offset from the road axis must stay inside the corridor
+                lat = -x * np.sin(road_yaw) + y * np.cos(road_yaw)
+                if abs(y) > cfg.max_abs_y or abs(lat) > corridor[1.0 if lat >= 0 else -1.0] - 1.0:
+                    continue
+                l, w, h = np.maximum(rng.normal(mean, std), np.asarray(mean) * 0.6)
+                if cls == "Car":
+                    yaw = road_yaw + rng.choice([0.0, np.pi, np.pi / 2, -np.pi / 2], p=[0.4, 0.4, 0.1, 0.1])
+                    yaw += rng.normal(0, 0.2)
+                else:
+                    yaw = rng.uniform(-np.pi, np.pi)
+                yaw = float((yaw + np.pi) % (2 * np.pi) - np.pi)
+                if occupied.try_add(x, y, l, w, yaw, 0.25):
                     break
             else:
                 continue
-            footprints.append((x, y, diam))
-            yaw = rng.choice([0.0, np.pi, np.pi / 2, -np.pi / 2]) + rng.normal(0, 0.3) if cls == "Car" \
-                else rng.uniform(-np.pi, np.pi)
-            yaw = float((yaw + np.pi) % (2 * np.pi) - np.pi)
             origin = np.array([x, y, ground_z])
             parts = _object_parts(cls, l, w, h, rng)
             box = np.array([x, y, ground_z + h / 2, l, w, h, yaw])
@@ -224,39 +265,38 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
     # ---- unlabelled clutter anywhere around the sensor (occluders)
     n_clutter = rng.integers(cfg.n_clutter[0], cfg.n_clutter[1] + 1)
     for _ in range(int(n_clutter)):
-        kind = rng.choice(["wall", "pole", "tree", "bush", "barrier"], p=[0.25, 0.25, 0.2, 0.15, 0.15])
+        kind = rng.choice(["wall", "pole", "tree", "bush", "barrier", "big"], p=[0.2, 0.25, 0.2, 0.15, 0.1, 0.1])
+        yaw = rng.uniform(-np.pi, np.pi)
+        if kind == "wall":
+            L, W, H = rng.uniform(3, 10), rng.uniform(0.3, 1.0), rng.uniform(1.0, 6.0)
+            parts = [P("box", (0, 0, H / 2), (L, W, H))]
+        elif kind == "pole":
+            H = rng.uniform(2.5, 7)
+            r_ = rng.uniform(0.06, 0.18)
+            L = W = 2 * r_
+            parts = [P("cyl", (0, 0, H / 2), (r_, r_, H))]
+        elif kind == "tree":
+            H = rng.uniform(2.0, 4.0)
+            R = rng.uniform(0.8, 1.5)
+            L = W = 2 * R
+            parts = [P("cyl", (0, 0, H / 2), (0.15, 0.15, H)), P("sph", (0, 0, H + R * 0.7), (R, R, R))]
+        elif kind == "bush":
+            R = rng.uniform(0.4, 0.9)
+            L = W = 2 * R
+            parts = [P("sph", (0, 0, R * 0.6), (R, R, R))]
+        elif kind == "barrier":
+            L, W = rng.uniform(1.5, 3.0), 0.25
+            parts = [P("box", (0, 0, 0.45), (L, W, 0.9))]
+        else:  # van / truck / container sized box: a hard negative for Car
+            L, W, H = rng.uniform(6.0, 12.0), rng.uniform(2.2, 2.6), rng.uniform(2.5, 3.6)
+            parts = [P("box", (0, 0, H / 2 + 0.3), (L, W, H))]
         for _attempt in range(30):
             r = rng.uniform(3.0, 70.0)
             az = rng.uniform(-np.pi, np.pi)
             x, y = r * np.cos(az), r * np.sin(az)
-            diam = {"wall": 10.0, "pole": 0.4, "tree": 2.5, "bush": 1.8, "barrier": 3.0}[kind]
-            if not _bev_overlap((x, y, diam), footprints, 0.5):
+            if occupied.try_add(x, y, L, W, yaw, 0.3):
+                add_static(parts, np.array([x, y, ground_z]), yaw, rng.uniform(0.1, 0.7))
                 break
-        else:
-            continue
-        footprints.append((x, y, diam))
-        yaw = rng.uniform(-np.pi, np.pi)
-        origin = np.array([x, y, ground_z])
-        P = lambda kind_, c, s: _Part(kind_, np.asarray(c, float), np.asarray(s, float))  # noqa: E731
-        if kind == "wall":
-            L, H = rng.uniform(5, 12), rng.uniform(2.5, 8)
-            parts = [P("box", (0, 0, H / 2), (L, rng.uniform(0.3, 1.0), H))]
-        elif kind == "pole":
-            H = rng.uniform(2.5, 7)
-            parts = [P("cyl", (0, 0, H / 2), (rng.uniform(0.06, 0.18),) * 2 + (H,))]
-        elif kind == "tree":
-            H = rng.uniform(2.0, 4.0)
-            R = rng.uniform(0.8, 1.5)
-            parts = [P("cyl", (0, 0, H / 2), (0.15, 0.15, H)), P("sph", (0, 0, H + R * 0.7), (R, R, R))]
-        elif kind == "bush":
-            R = rng.uniform(0.4, 0.9)
-            parts = [P("sph", (0, 0, R * 0.6), (R, R, R))]
-        else:
-            parts = [P("box", (0, 0, 0.45), (rng.uniform(1.5, 3.0), 0.25, 0.9))]
-        albedo = rng.uniform(0.1, 0.7)
-        for p in parts:
-            v, f = _part_mesh(p, origin, yaw)
-            meshes.append((v, f, albedo, -1))
 
     # ---- ray casting
     core = o3d().core

@@ -1,0 +1,94 @@
+"""Inference helpers: batched prediction, KITTI result objects, dataset evaluation, single-scan detect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .boxes import Calibration
+from .centerpoint import decode
+from .config import Config
+from .data import KittiDetectionDataset, collate, prepare_points
+from .io import KittiObjects, read_calib, read_points, write_label
+from .kitti_eval import kitti_eval
+from .synth import synth_calibration
+from .voxelize import voxelize_numba
+
+__all__ = ["predict", "predictions_to_kitti", "evaluate", "detect_points"]
+
+
+@torch.no_grad()
+def predict(model, batch: dict, cfg: Config, device) -> list[dict]:
+    """Decoded detections per frame: numpy ``boxes`` (K, 7) LiDAR, ``scores``, ``names``."""
+    model.eval()
+    out = model(batch["voxels"].to(device), batch["coords"].to(device), batch["batch_size"])
+    t = cfg.test
+    dets = decode(out, cfg.data.point_cloud_range, cfg.data.voxel_size, model.feature_map_stride,
+                  t.score_thresh, t.nms_thresh, t.topk, t.post_max)
+    classes = np.asarray(cfg.data.classes)
+    return [{"boxes": d["boxes"].cpu().double().numpy(), "scores": d["scores"].cpu().double().numpy(),
+             "names": classes[d["labels"].cpu().numpy()]} for d in dets]
+
+
+def predictions_to_kitti(det: dict, calib: Calibration, image_shape) -> KittiObjects:
+    return KittiObjects.from_lidar_boxes(det["names"], det["boxes"], calib, scores=det["scores"],
+                                         image_shape=image_shape)
+
+
+def evaluate(model, data_dir, cfg: Config, device="cpu", ids=None, batch_size: int = 4, result_dir=None,
+             progress: bool = True) -> tuple[dict, list[KittiObjects]]:
+    """Run the model over a labelled KITTI-layout directory -> (kitti_eval result, detections)."""
+    ds = KittiDetectionDataset(data_dir, cfg, model.out_size, model.feature_map_stride, ids=ids, training=False)
+    if not ds.has_labels:
+        raise ValueError(f"{ds.frames.split_dir}: evaluation needs label_2/ for every frame")
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    gts, dts = [], []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="eval", unit="batch")
+    for batch in it:
+        for det, gt, calib, shape, fid in zip(predict(model, batch, cfg, device), batch["gt"], batch["calib"],
+                                              batch["image_shape"], batch["frame_ids"]):
+            objs = predictions_to_kitti(det, calib, shape)
+            gts.append(gt)
+            dts.append(objs)
+            if result_dir is not None:
+                write_label(Path(result_dir) / f"{fid}.txt", objs)
+    return kitti_eval(gts, dts, classes=cfg.data.classes, metrics=("bev", "3d")), dts
+
+
+@torch.no_grad()
+def detect_points(model, cfg: Config, points: np.ndarray, calib: Calibration | None = None,
+                  image_shape=(375, 1242), device="cpu") -> dict:
+    """Detect on one scan. Without a calibration the field-of-view filter is skipped."""
+    d = cfg.data
+    pts = prepare_points(points, cfg, calib, image_shape)
+    vox, coords, num, _ = voxelize_numba(pts, d.voxel_size, d.point_cloud_range, d.max_points_per_voxel,
+                                         d.max_voxels_test)
+    feats = vox.sum(1) / np.maximum(num, 1)[:, None].astype(np.float32)
+    batch = {"voxels": torch.from_numpy(feats), "batch_size": 1,
+             "coords": torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), torch.from_numpy(coords)], 1)}
+    return predict(model, batch, cfg, device)[0]
+
+
+def load_scan(scan_path, calib_path=None):
+    """(points, calibration or None) for ``detect``; a sibling ``calib/`` file is used when present."""
+    scan_path = Path(scan_path)
+    points = read_points(scan_path)
+    if calib_path is None:
+        sibling = scan_path.parent.parent / "calib" / (scan_path.name.split(".")[0] + ".txt")
+        calib_path = sibling if sibling.is_file() else None
+    calib = read_calib(calib_path) if calib_path is not None else None
+    return points, calib
+
+
+def default_calibration() -> Calibration:
+    """Used to express results in camera coordinates when no calibration is given (documented)."""
+    return synth_calibration()
+
+
+__all__ += ["load_scan", "default_calibration", "collate"]
