@@ -1,1 +1,17 @@
-"""placeholder"""
+"""ffnet_sr: FFNetSR super-resolution (arXiv 2406.02021) on ffnet-core blocks.
+
+``import ffnet_sr`` needs only torch (+ numpy/Pillow for IO). BasicSR is imported only by
+``ffnet_sr.basicsr_plugin``, which registers the archs into BasicSR's ``ARCH_REGISTRY``.
+"""
+
+from .archs import VARIANTS, FFNetSR, create_model, ffnetsr, ffnetsr_light, ffnetsr_mini
+
+__all__ = ["FFNetSR", "VARIANTS", "create_model", "ffnetsr", "ffnetsr_light", "ffnetsr_mini", "load_pretrained"]
+__version__ = "0.1.0"
+
+
+def load_pretrained(scale: int = 2, model: str = "ffnetsr_mini", device: str = "cpu"):
+    """The project-trained weights shipped in the package, as an eval-mode model."""
+    from .weights import load_model, pretrained_path
+
+    return load_model(pretrained_path(scale, model), device)[0]
