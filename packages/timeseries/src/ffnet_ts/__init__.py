@@ -1,1 +1,14 @@
-"""placeholder"""
+"""ffnet-ts: FFNet-TS long-horizon forecasting on the standard protocol, gluonts-native.
+
+    from ffnet_ts import data, train
+    from ffnet_ts.model import create_model
+    series = data.load("ETTh1")                      # registry name or CSV path ($FFNET_DATA_DIR, cache, download)
+    prep = data.prepare(series, lookback=96, horizon=96)
+    model = create_model("ffnet_ts", n_vars=prep.n_vars, lookback=96, horizon=96)
+    train.fit(model, prep, train.TrainConfig(epochs=10))
+    print(train.evaluate(model, prep, "test"))       # every test window (2785 for ETTh1 H=96)
+
+gluonts users: ``from ffnet_ts.gluonts import FFNetEstimator`` (imports gluonts/Lightning lazily).
+"""
+
+__version__ = "0.1.0"

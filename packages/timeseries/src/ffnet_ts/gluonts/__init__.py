@@ -1,0 +1,19 @@
+"""gluonts adapter for FFNet-TS: ``FFNetEstimator`` (a ``PyTorchLightningEstimator``) and its predictor.
+
+Importing this subpackage imports gluonts and Lightning (about 10 s); ``import ffnet_ts`` does not.
+
+Split as in gluonts' own models: :mod:`.module` (the torch network), :mod:`.lightning_module` (training and
+validation steps), :mod:`.estimator` (transformations, instance splitter, predictor, and every gluonts
+workaround this package needs).
+
+FFNet-TS is a point forecaster trained with MSE, so forecasts are ``SampleForecast`` objects holding exactly
+one sample (mean = median = every quantile). Numbers from gluonts-style evaluation (sampled training
+windows, a test window at each series' end) are not comparable to the standard-protocol numbers of
+``ffnet-ts forecast``.
+"""
+
+from .estimator import FFNetEstimator, PointForecastGenerator
+from .lightning_module import FFNetLightningModule
+from .module import FFNetTSModel
+
+__all__ = ["FFNetEstimator", "FFNetLightningModule", "FFNetTSModel", "PointForecastGenerator"]

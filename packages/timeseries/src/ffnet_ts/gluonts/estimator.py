@@ -1,0 +1,186 @@
+"""``FFNetEstimator``: FFNet-TS as a gluonts ``PyTorchLightningEstimator``.
+
+Every gluonts workaround of this package lives in this module:
+
+* gluonts does not cast targets: a float64 ``PandasDataset`` reaches the network as float64 and fails with
+  "mat1 and mat2 must have the same dtype". The transformation starts with ``AsNumpyArray(..., float32)``.
+* gluonts always adds its own ``ModelCheckpoint`` callback, so ``trainer_kwargs={"enable_checkpointing":
+  False}`` raises a ``MisconfigurationException``. That key is dropped (with a warning); use
+  ``default_root_dir`` to choose where Lightning writes.
+* ``PyTorchLightningEstimator.train_model`` pops ``callbacks`` out of ``trainer_kwargs``; a copy is passed
+  so an estimator can be trained twice.
+* ``SampleForecastGenerator`` re-runs a network until it has ``num_samples`` samples (100 forward passes per
+  batch for a point forecaster); :class:`PointForecastGenerator` runs it once and yields one-sample forecasts.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from gluonts.core.component import validated
+from gluonts.dataset.common import Dataset
+from gluonts.dataset.field_names import FieldName
+from gluonts.dataset.loader import as_stacked_batches
+from gluonts.itertools import Cyclic, select
+from gluonts.model.forecast import SampleForecast
+from gluonts.model.forecast_generator import ForecastGenerator, to_numpy
+from gluonts.torch.model.estimator import PyTorchLightningEstimator
+from gluonts.torch.model.predictor import PyTorchPredictor
+from gluonts.transform import (
+    AddObservedValuesIndicator,
+    AsNumpyArray,
+    ExpectedNumInstanceSampler,
+    InstanceSampler,
+    InstanceSplitter,
+    SelectFields,
+    TestSplitSampler,
+    Transformation,
+    ValidationSplitSampler,
+)
+
+from ..model import DATASET_DEFAULTS, MODEL_VARIANTS
+from .lightning_module import FFNetLightningModule
+
+PREDICTION_INPUT_NAMES = ["past_target", "past_observed_values"]
+TRAINING_INPUT_NAMES = PREDICTION_INPUT_NAMES + ["future_target", "future_observed_values"]
+
+
+class PointForecastGenerator(ForecastGenerator):
+    """Runs the network once per batch and yields ``SampleForecast`` objects with a single sample."""
+
+    @validated()
+    def __init__(self) -> None:
+        pass
+
+    def __call__(self, inference_data_loader, prediction_net, input_names, output_transform, num_samples,
+                 **kwargs):
+        for batch in inference_data_loader:
+            outputs = to_numpy(prediction_net(**select(input_names, batch, ignore_missing=True)))
+            if output_transform is not None:
+                outputs = output_transform(batch, outputs)
+            for i, output in enumerate(outputs):  # output: (1, H) or (1, H, M)
+                yield SampleForecast(
+                    output,
+                    start_date=batch[FieldName.FORECAST_START][i],
+                    item_id=batch[FieldName.ITEM_ID][i] if FieldName.ITEM_ID in batch else None,
+                    info=batch["info"][i] if "info" in batch else None,
+                )
+
+
+def _sanitize_trainer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(kwargs)
+    if kwargs.get("enable_checkpointing") is False:
+        warnings.warn("FFNetEstimator: gluonts always adds a ModelCheckpoint callback, so enable_checkpointing=False "
+                      "would make Lightning fail; ignoring it (set default_root_dir to choose where it writes)",
+                      stacklevel=3)
+        kwargs.pop("enable_checkpointing")
+    return kwargs
+
+
+class FFNetEstimator(PyTorchLightningEstimator):
+    """Estimator for FFNet-TS (point forecasts, MSE loss, RevIN inside the network: no extra scaling).
+
+    Args:
+        prediction_length: forecast horizon.
+        context_length: look-back window (default 96, the standard protocol's).
+        target_dim: 1 for univariate items, M for items whose target is an (M, T) array.
+        dim / kernel_size / small_kernel / ffn_ratio / dropout / head_dropout / patch_size / patch_stride:
+            FFNet-TS hyper-parameters (defaults: the reference architecture, ``DATASET_DEFAULTS["default"]``
+            regularization).
+        lr / weight_decay: Adam.
+        batch_size / num_batches_per_epoch: gluonts-style sampled training.
+        trainer_kwargs: ``lightning.Trainer`` arguments (default ``max_epochs=100``, ``gradient_clip_val=10``).
+        train_sampler / validation_sampler: gluonts instance samplers.
+    """
+
+    @validated()
+    def __init__(
+        self,
+        prediction_length: int,
+        context_length: int | None = None,
+        target_dim: int = 1,
+        dim: int = MODEL_VARIANTS["ffnet_ts"]["dim"],
+        kernel_size: int = MODEL_VARIANTS["ffnet_ts"]["kernel_size"],
+        small_kernel: int | None = MODEL_VARIANTS["ffnet_ts"]["small_kernel"],
+        ffn_ratio: int = DATASET_DEFAULTS["default"]["ffn_ratio"],
+        dropout: float = DATASET_DEFAULTS["default"]["dropout"],
+        head_dropout: float = DATASET_DEFAULTS["default"]["head_dropout"],
+        patch_size: int = MODEL_VARIANTS["ffnet_ts"]["patch_size"],
+        patch_stride: int = MODEL_VARIANTS["ffnet_ts"]["patch_stride"],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        batch_size: int = 32,
+        num_batches_per_epoch: int = 50,
+        trainer_kwargs: dict[str, Any] | None = None,
+        train_sampler: InstanceSampler | None = None,
+        validation_sampler: InstanceSampler | None = None,
+    ) -> None:
+        defaults = {"max_epochs": 100, "gradient_clip_val": 10.0}
+        defaults.update(_sanitize_trainer_kwargs(trainer_kwargs or {}))
+        super().__init__(trainer_kwargs=defaults)
+        self.prediction_length = prediction_length
+        self.context_length = context_length or 96
+        self.target_dim = target_dim
+        self.model_kwargs = dict(dim=dim, kernel_size=kernel_size, small_kernel=small_kernel, ffn_ratio=ffn_ratio,
+                                 dropout=dropout, head_dropout=head_dropout, patch_size=patch_size,
+                                 patch_stride=patch_stride)
+        self.lr, self.weight_decay = lr, weight_decay
+        self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
+        self.train_sampler = train_sampler or ExpectedNumInstanceSampler(num_instances=1.0,
+                                                                         min_future=prediction_length)
+        self.validation_sampler = validation_sampler or ValidationSplitSampler(min_future=prediction_length)
+
+    def create_transformation(self) -> Transformation:
+        return (
+            SelectFields([FieldName.ITEM_ID, FieldName.INFO, FieldName.START, FieldName.TARGET], allow_missing=True)
+            # NOTE: gluonts leaves float64 targets as they are; the network is float32.
+            + AsNumpyArray(FieldName.TARGET, expected_ndim=1 if self.target_dim == 1 else 2, dtype=np.float32)
+            + AddObservedValuesIndicator(target_field=FieldName.TARGET, output_field=FieldName.OBSERVED_VALUES)
+        )
+
+    def create_lightning_module(self) -> FFNetLightningModule:
+        return FFNetLightningModule(
+            model_kwargs={"prediction_length": self.prediction_length, "context_length": self.context_length,
+                          "target_dim": self.target_dim, "model_kwargs": self.model_kwargs},
+            lr=self.lr, weight_decay=self.weight_decay)
+
+    def _create_instance_splitter(self, mode: str) -> InstanceSplitter:
+        sampler = {"training": self.train_sampler, "validation": self.validation_sampler,
+                   "test": TestSplitSampler()}[mode]
+        return InstanceSplitter(
+            target_field=FieldName.TARGET, is_pad_field=FieldName.IS_PAD, start_field=FieldName.START,
+            forecast_start_field=FieldName.FORECAST_START, instance_sampler=sampler,
+            past_length=self.context_length, future_length=self.prediction_length,
+            time_series_fields=[FieldName.OBSERVED_VALUES], dummy_value=0.0)
+
+    def create_training_data_loader(self, data: Dataset, module: FFNetLightningModule,
+                                    shuffle_buffer_length: int | None = None, **kwargs) -> Iterable:
+        instances = self._create_instance_splitter("training").apply(Cyclic(data).stream(), is_train=True)
+        return as_stacked_batches(instances, batch_size=self.batch_size, shuffle_buffer_length=shuffle_buffer_length,
+                                  field_names=TRAINING_INPUT_NAMES, output_type=torch.tensor,
+                                  num_batches_per_epoch=self.num_batches_per_epoch)
+
+    def create_validation_data_loader(self, data: Dataset, module: FFNetLightningModule, **kwargs) -> Iterable:
+        instances = self._create_instance_splitter("validation").apply(data, is_train=True)
+        return as_stacked_batches(instances, batch_size=self.batch_size, field_names=TRAINING_INPUT_NAMES,
+                                  output_type=torch.tensor)
+
+    def create_predictor(self, transformation: Transformation, module: FFNetLightningModule) -> PyTorchPredictor:
+        return PyTorchPredictor(
+            input_transform=transformation + self._create_instance_splitter("test"),
+            input_names=PREDICTION_INPUT_NAMES, prediction_net=module,
+            forecast_generator=PointForecastGenerator(), batch_size=self.batch_size,
+            prediction_length=self.prediction_length, device="auto")
+
+    def train_model(self, *args, **kwargs):
+        # NOTE: the base class pops "callbacks" out of self.trainer_kwargs; keep ours intact for a second train().
+        saved = copy.deepcopy(self.trainer_kwargs)
+        try:
+            return super().train_model(*args, **kwargs)
+        finally:
+            self.trainer_kwargs = saved

@@ -1,0 +1,407 @@
+"""One readable training loop for the forecasters (nanoGPT style).
+
+* Device: ``auto`` picks cuda, then mps, then cpu; ``--device`` overrides. Autocast (bf16, or fp16 with a
+  grad scaler) only on CUDA.
+* DDP: launched with ``torchrun`` (``WORLD_SIZE > 1``) every rank trains on its shard of each epoch's
+  permutation (global batch = ``batch_size``), gradients are averaged by DDP (nccl on CUDA, gloo on CPU), BN
+  running statistics are broadcast from rank 0 after each epoch, and every rank scores the full validation
+  split, so early stopping decides identically everywhere and all ranks end with identical weights.
+* Early stopping on validation MSE (standardized space, all windows), patience in epochs; at the end the
+  best epoch's weights are loaded back.
+* Checkpoints carry the full config (model name + arguments, data protocol + scaler, training config);
+  the resume file also holds the optimizer, grad scaler, RNG states, early-stopping state and history, so
+  ``--resume`` continues exactly (bit-identical on CPU with the same thread count).
+* Determinism: one seed drives the initialization, every epoch's permutation (seeded by seed and epoch,
+  not by a running generator) and dropout.
+
+LR schedules (``lr_schedule``; epochs are 1-based below):
+
+* ``official``: what the reference FFNet-TS scripts actually execute. They build a OneCycleLR that is never
+  stepped, but constructing it sets the lr to lr/25, so epoch 1 runs at lr/25; ``type3`` then gives lr for
+  epochs 2-4 and lr * 0.9^(e-4) from epoch 5 on.
+* ``type3``: the same without the epoch-1 quirk (lr for epochs 1-4).
+* ``type1``: lr * 0.5^(e-1) (DLinear's reference schedule).
+* ``onecycle``: per-step one-cycle (warm-up 30 %, from lr/25, cosine down to lr/25e4), PatchTST's ``TST``.
+* ``cosine``: per-step cosine from lr to 0 over ``epochs``; ``constant``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Prepared, gather_windows
+
+LR_SCHEDULES = ("official", "type3", "type1", "onecycle", "cosine", "constant")
+CHECKPOINT_FORMAT = "ffnet-ts/1"
+
+
+class ConfigError(ValueError):
+    """Unusable option (unknown device, bad schedule, incompatible resume file): exit code 2 in the CLI."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    patience: int = 3
+    batch_size: int = 512
+    lr: float = 1e-4
+    lr_schedule: str = "official"
+    weight_decay: float = 0.0
+    seed: int = 2021
+    device: str = "auto"
+    amp: bool = True
+    eval_batch_size: int = 512
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Devices and processes
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, mps, cpu (first available); anything else must be a usable torch device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def setup_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Initialize the process group when launched by torchrun; returns (DistInfo, this rank's device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), resolve_device(device)
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return info, dev
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Learning rate
+# ---------------------------------------------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for 0-based ``epoch`` and ``step`` within it (see module docstring)."""
+    base, e = cfg.lr, epoch + 1
+    s = cfg.lr_schedule
+    if s == "official":
+        return base / 25 if e == 1 else (base if e <= 4 else base * 0.9 ** (e - 4))
+    if s == "type3":
+        return base if e <= 4 else base * 0.9 ** (e - 4)
+    if s == "type1":
+        return base * 0.5 ** (e - 1)
+    if s == "constant":
+        return base
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    t = min(epoch * steps_per_epoch + step, total - 1)
+    if s == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * t / total))
+    if s == "onecycle":
+        warm = max(int(0.3 * total) - 1, 1)
+        lo, hi, end = base / 25, base, base / 25 / 1e4
+        if t <= warm:
+            return hi + (lo - hi) * 0.5 * (1 + math.cos(math.pi * t / warm))
+        p = (t - warm) / max(total - 1 - warm, 1)
+        return end + (hi - end) * 0.5 * (1 + math.cos(math.pi * p))
+    raise ConfigError(f"unknown lr schedule {s!r}; choose from {', '.join(LR_SCHEDULES)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_size: int = 512,
+             device: torch.device | str = "cpu", amp: bool = False, return_predictions: bool = False) -> dict:
+    """MSE and MAE over *every* window of ``split`` (standardized space, scored columns only).
+
+    Returns ``{"mse", "mae", "windows"}`` (+ ``"predictions"``: float32 (windows, H, scored columns)).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    data = prep.data.to(device)
+    start, n = prep.borders[split][0], prep.windows(split)
+    out_idx = torch.tensor(prep.out_idx, device=device)
+    sse = sae = 0.0
+    preds = []
+    for i in range(0, n, batch_size):
+        idx = torch.arange(i, min(i + batch_size, n), device=device)
+        x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
+        with _autocast(device, amp):
+            out = model(x)
+        p, t = out.float()[..., out_idx], y[..., out_idx]
+        sse += (p - t).pow(2).sum(dtype=torch.float64).item()
+        sae += (p - t).abs().sum(dtype=torch.float64).item()
+        if return_predictions:
+            preds.append(p.cpu())
+    model.train(was_training)
+    count = n * prep.horizon * len(prep.out_idx)
+    res = {"mse": sse / count, "mae": sae / count, "windows": n}
+    if return_predictions:
+        res["predictions"] = torch.cat(preds).numpy()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same directory, then rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
+        raise ConfigError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not an ffnet-ts checkpoint")
+    return ckpt
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    best_val_mse: float
+    best_epoch: int  # 1-based
+    epochs_run: int
+    train_seconds: float
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    for b in model.buffers():
+        dist.broadcast(b.data, src=0)
+
+
+def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None = None,
+        best_path: str | os.PathLike | None = None, last_path: str | os.PathLike | None = None,
+        resume: bool = False, desc: str = "train", log=None) -> FitResult:
+    """Train ``model`` on ``prep``'s train split with early stopping on its val split.
+
+    Args:
+        model: maps (B, L, C) -> (B, H, C); trained in place and left holding the best epoch's weights.
+        prep: the prepared protocol data.
+        cfg: training configuration.
+        meta: JSON-able config stored in every checkpoint (model name/args, data protocol, ...).
+        best_path: where the best weights are written (with ``meta``), by rank 0.
+        last_path: where the resume state is written after every epoch, by rank 0.
+        resume: continue from ``last_path``.
+        desc: progress-bar label.
+        log: callable for one line per epoch (default: stderr on rank 0).
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown lr schedule {cfg.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+    info, device = setup_distributed(cfg.device)
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    meta = dict(meta or {})
+    meta["train"] = asdict(cfg)
+    # NOTE: the caller seeds before building the model; this seeds dropout (per rank under DDP).
+    torch.manual_seed(cfg.seed + info.rank)
+    model.to(device)
+    raw = model
+    if info.world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+
+    start_epoch, best_val, best_epoch, bad, history, seconds = 0, math.inf, 0, 0, [], 0.0
+    best_state = copy.deepcopy(raw.state_dict())
+    if resume:
+        st = load_checkpoint(last_path, map_location=device)
+        if "optimizer" not in st:
+            raise ConfigError(f"{last_path}: not a resume file")
+        for key in ("model", "data"):
+            if st.get(key) != meta.get(key):
+                raise ConfigError(f"{last_path}: its {key} config differs from this run's; cannot resume")
+        raw.load_state_dict(st["state_dict"])
+        opt.load_state_dict(st["optimizer"])
+        scaler.load_state_dict(st["scaler"])
+        best_state = st["best_state_dict"]
+        start_epoch, best_val, best_epoch, bad = st["epoch"], st["best_val_mse"], st["best_epoch"], st["bad_epochs"]
+        history, seconds = st["history"], st["train_seconds"]
+        _set_rng_state(st["rng"])
+        if bad >= cfg.patience:
+            start_epoch = cfg.epochs  # it had already stopped early; nothing left to run
+
+    data = prep.data.to(device)
+    start, n = prep.borders["train"][0], prep.windows("train")
+    per_rank = max(cfg.batch_size // info.world, 1)
+    shard_len = math.ceil(n / info.world)
+    steps = max(shard_len // per_rank, 1)  # drop the last partial training batch (not for val/test)
+    out_idx = torch.tensor(prep.out_idx, device=device)
+
+    bar = tqdm(total=cfg.epochs * steps, initial=min(start_epoch, cfg.epochs) * steps, desc=desc,
+               disable=None if (cfg.progress and info.master) else True,  # None: only on a terminal
+               dynamic_ncols=True, leave=False, file=sys.stderr)
+    stopped = bad >= cfg.patience and resume
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        if info.world > 1:  # pad (by wrapping) so that every rank has the same number of windows
+            perm = torch.cat([perm, perm[: shard_len * info.world - n]])[info.rank::info.world]
+        perm = perm.to(device)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        for step in range(steps):
+            lr = lr_at(cfg, epoch, step, steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = perm[step * per_rank:(step + 1) * per_rank]
+            x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
+            with _autocast(device, amp):
+                out = model(x)
+            loss = F.mse_loss(out.float()[..., out_idx], y[..., out_idx])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach()
+            bar.update(1)
+            if step % 5 == 0 or step == steps - 1:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", best_val=f"{best_val:.4f}", refresh=False)
+        if info.world > 1:
+            _broadcast_buffers(raw)
+            dist.all_reduce(loss_sum)
+            loss_sum /= info.world
+        val = evaluate(raw, prep, "val", batch_size=cfg.eval_batch_size, device=device, amp=amp)
+        seconds += time.perf_counter() - t0
+        improved = val["mse"] < best_val
+        if improved:
+            best_val, best_epoch, bad = val["mse"], epoch + 1, 0
+            best_state = copy.deepcopy(raw.state_dict())
+            if best_path is not None and info.master:
+                save_atomic({"format": CHECKPOINT_FORMAT, **meta, "state_dict": best_state, "epoch": epoch + 1,
+                             "val_mse": best_val, "val_mae": val["mae"]}, best_path)
+        else:
+            bad += 1
+        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / steps, "val_mse": val["mse"],
+               "val_mae": val["mae"], "seconds": round(seconds, 3)}
+        history.append(rec)
+        if last_path is not None and info.master:
+            save_atomic({"format": CHECKPOINT_FORMAT, **meta, "state_dict": raw.state_dict(),
+                         "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                         "epoch": epoch + 1, "best_val_mse": best_val, "best_epoch": best_epoch, "bad_epochs": bad,
+                         "best_state_dict": best_state, "history": history, "train_seconds": seconds}, last_path)
+        if info.master:
+            bar.set_postfix(epoch=epoch + 1, loss=f"{rec['train_loss']:.4f}", val_mse=f"{val['mse']:.4f}",
+                            best_val=f"{best_val:.4f}")
+            bar.clear()
+            log(f"{desc} epoch {epoch + 1:3d}  lr {lr:.2e}  train_loss {rec['train_loss']:.4f}  "
+                f"val_mse {val['mse']:.4f}  val_mae {val['mae']:.4f}{'  *' if improved else ''}  {seconds:7.1f}s")
+        if bad >= cfg.patience:
+            stopped = True
+            break
+    bar.close()
+    raw.load_state_dict(best_state)
+    if info.world > 1:
+        dist.barrier()
+    return FitResult(best_val, best_epoch, len(history), seconds, stopped, history)
