@@ -37,10 +37,14 @@ def _install_torchvision_shim() -> None:
 _install_torchvision_shim()
 
 import torch  # noqa: E402
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY  # noqa: E402
+import random  # noqa: E402
+
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils import data as tud  # noqa: E402
 
 from .archs import FFNetSR  # noqa: E402
+from .data import PairSampler, to_float  # noqa: E402
 from .train import fft_l1  # noqa: E402
 
 
@@ -57,9 +61,32 @@ class L1FFTLoss(nn.Module):
         return self.loss_weight * (nn.functional.l1_loss(pred, target) + self.fft_weight * fft_l1(pred, target))
 
 
+class HRFolderOnTheFlyDataset(tud.Dataset):
+    """BasicSR training dataset from HR folders only: MATLAB-bicubic LR made once at load time.
+
+    Options: ``dataroot_gt`` (folders or dataset names, comma-separated), ``scale``, ``gt_size``,
+    ``use_hflip``, ``use_rot``. Returns BasicSR's ``{'lq', 'gt', 'lq_path', 'gt_path'}`` dicts.
+    """
+
+    def __init__(self, opt: dict):
+        super().__init__()
+        roots = opt["dataroot_gt"]  # BasicSR's option parser insists on a string: comma-separate folders
+        roots = roots if isinstance(roots, (list, tuple)) else [r.strip() for r in str(roots).split(",")]
+        self.sampler = PairSampler(roots, int(opt["scale"]), int(opt["gt_size"]) // int(opt["scale"]),
+                                   opt.get("use_hflip", True), opt.get("use_rot", True))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, i: int) -> dict:
+        lq, gt = self.sampler.patch(i, [random.random() for _ in range(5)])
+        path = str(self.sampler.files[i])
+        return {"lq": to_float(lq.contiguous()), "gt": to_float(gt.contiguous()), "lq_path": path, "gt_path": path}
+
+
 def register() -> None:
     """Register our classes (idempotent: BasicSR's registry refuses duplicate names)."""
-    for reg, obj in ((ARCH_REGISTRY, FFNetSR), (LOSS_REGISTRY, L1FFTLoss)):
+    for reg, obj in ((ARCH_REGISTRY, FFNetSR), (LOSS_REGISTRY, L1FFTLoss), (DATASET_REGISTRY, HRFolderOnTheFlyDataset)):
         if obj.__name__ not in reg:
             reg.register(obj)
 
@@ -74,13 +101,35 @@ def build_basicsr_arch(arch_type: str, scale: int, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
-def _expand_yaml(path: str) -> str:
-    """Expand $VARS (e.g. $FFNET_DATA_DIR) in a BasicSR YAML into a temp copy; BasicSR does not."""
+def prepare_options(path: str) -> str:
+    """Make a BasicSR-ready temp copy of an options YAML.
+
+    Expands ``$VARS`` (BasicSR does not), with ``$FFNET_SR_WEIGHTS`` defaulting to the package's
+    shipped-weights folder, and converts a ``.safetensors`` ``pretrain_network_g`` into a temporary
+    BasicSR ``.pth`` (``{'params': ...}``), since BasicSR loads weights with ``torch.load``.
+    """
+    import yaml
+
+    from .weights import PRETRAINED_DIR, load_state_dict
+
+    from importlib import resources
+
+    os.environ.setdefault("FFNET_SR_WEIGHTS", str(resources.files("ffnet_sr") / PRETRAINED_DIR))
     with open(path) as f:
         text = os.path.expandvars(f.read())
+    opt = yaml.safe_load(text)
+    pre = (opt.get("path") or {}).get("pretrain_network_g")
+    if pre and str(pre).endswith(".safetensors"):
+        if not os.path.isfile(pre):
+            raise FileNotFoundError(f"weights '{pre}' not found")
+        fd, pth = tempfile.mkstemp(suffix=".pth", prefix="ffnet_sr_")
+        os.close(fd)
+        torch.save({"params": load_state_dict(pre)}, pth)
+        opt["path"]["pretrain_network_g"] = pth
+        opt["path"]["param_key_g"] = "params"
     fd, tmp = tempfile.mkstemp(suffix=".yml", prefix="ffnet_sr_")
     with os.fdopen(fd, "w") as f:
-        f.write(text)
+        yaml.safe_dump(opt, f, sort_keys=False)
     return tmp
 
 
@@ -92,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     mode, rest = argv[0], argv[1:]
     if "-opt" in rest:
         i = rest.index("-opt") + 1
-        rest[i] = _expand_yaml(rest[i])
+        rest[i] = prepare_options(rest[i])
     sys.argv = [f"basicsr-{mode}"] + rest
     root = os.getcwd()  # experiments/ and results/ go under the current directory, as with BasicSR
     if mode == "train":

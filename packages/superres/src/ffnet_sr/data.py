@@ -67,6 +67,7 @@ class PairSampler:
         self.use_hflip, self.use_rot = use_hflip, use_rot
         self.hr: list[torch.Tensor] = []
         self.lr: list[torch.Tensor] = []
+        self.files: list[Path] = []
         files = [f for d in folders for f in list_images(resolve_dataset(d))]
         if max_images:
             files = files[:max_images]
@@ -76,6 +77,7 @@ class PairSampler:
                 continue
             self.hr.append(hr)
             self.lr.append(lr)
+            self.files.append(f)
         if not self.lr:
             raise ValueError(f"no training image of at least {lr_patch * scale}px found in {folders}")
         area = torch.tensor([float(x.shape[-1] * x.shape[-2]) for x in self.lr], dtype=torch.float64)
@@ -84,27 +86,28 @@ class PairSampler:
     def __len__(self) -> int:
         return len(self.lr)
 
+    def patch(self, i: int, r) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned uint8 (LR, HR) patch of image ``i``; ``r`` holds 5 uniforms (y, x, hflip, vflip, transpose)."""
+        p, s = self.lr_patch, self.scale
+        lr, hr = self.lr[i], self.hr[i]
+        h, w = lr.shape[-2:]
+        y, x = int(r[0] * (h - p + 1)), int(r[1] * (w - p + 1))
+        lq = lr[:, y : y + p, x : x + p]
+        gt = hr[:, y * s : (y + p) * s, x * s : (x + p) * s]
+        if self.use_hflip and r[2] < 0.5:
+            lq, gt = lq.flip(-1), gt.flip(-1)
+        if self.use_rot:  # vertical flip x transpose (+ the hflip above) = all 8 dihedral transforms
+            if r[3] < 0.5:
+                lq, gt = lq.flip(-2), gt.flip(-2)
+            if r[4] < 0.5:
+                lq, gt = lq.transpose(-1, -2), gt.transpose(-1, -2)
+        return lq, gt
+
     def sample(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return float (B, 3, p, p) LR and (B, 3, p*s, p*s) HR patches in [0, 1]."""
-        p, s = self.lr_patch, self.scale
         idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=gen).tolist()
-        r = torch.rand(batch_size, 5, generator=gen)
-        lqs, gts = [], []
-        for i, img in enumerate(idx):
-            lr, hr = self.lr[img], self.hr[img]
-            h, w = lr.shape[-2:]
-            y, x = int(r[i, 0] * (h - p + 1)), int(r[i, 1] * (w - p + 1))
-            lq = lr[:, y : y + p, x : x + p]
-            gt = hr[:, y * s : (y + p) * s, x * s : (x + p) * s]
-            if self.use_hflip and r[i, 2] < 0.5:
-                lq, gt = lq.flip(-1), gt.flip(-1)
-            if self.use_rot:
-                if r[i, 3] < 0.5:
-                    lq, gt = lq.flip(-2), gt.flip(-2)
-                if r[i, 4] < 0.5:
-                    lq, gt = lq.transpose(-1, -2), gt.transpose(-1, -2)
-            lqs.append(lq)
-            gts.append(gt)
+        r = torch.rand(batch_size, 5, generator=gen).tolist()
+        lqs, gts = zip(*(self.patch(i, ri) for i, ri in zip(idx, r)))
         return to_float(torch.stack(lqs)), to_float(torch.stack(gts))
 
 
