@@ -161,9 +161,9 @@ PRESETS: dict[str, dict] = {
     "kitti": {},
     "synth_cpu": dict(
         data=_SYNTH_DATA,
-        model=dict(stem_chs=16, dims=[16, 24, 32, 48], depths=[1, 1, 1, 1], kernel_sizes=[3, 3, 5, 5],
+        model=dict(stem_chs=16, dims=[16, 24, 32, 48], depths=[1, 1, 1, 1], kernel_sizes=[3, 3, 3, 5],
                    mlp_ratio=2.0, bev_chs=64, neck_dims=[64, 96], neck_depths=[1, 1], neck_up_dims=[48, 48],
-                   neck_up_strides=[2, 4], head_chs=32),
+                   neck_up_strides=[1, 2], head_chs=32),
         train=dict(epochs=12, batch_size=2, lr=3e-3),
     ),
     "second_kitti": dict(
@@ -173,7 +173,7 @@ PRESETS: dict[str, dict] = {
     "second_synth_cpu": dict(
         data=_SYNTH_DATA,
         model=dict(name="second", stem_chs=16, dims=[16, 24, 32, 48], bev_chs=64, neck_dims=[64, 96],
-                   neck_depths=[2, 2], neck_up_dims=[48, 48], neck_up_strides=[2, 4], head_chs=32),
+                   neck_depths=[2, 2], neck_up_dims=[48, 48], neck_up_strides=[1, 2], head_chs=32),
         train=dict(epochs=12, batch_size=2, lr=3e-3),
     ),
     "tiny": dict(

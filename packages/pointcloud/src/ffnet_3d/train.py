@@ -87,8 +87,14 @@ def _log(path: Path | None, msg: str, rank: int) -> None:
 
 
 def train(cfg: Config, data_dir, out_dir, *, resume=None, device: str | None = None, max_steps: int | None = None,
-          ids=None, ckpt_steps: int = 0, progress: bool = True, threads: int | None = None) -> Path:
-    """Train a detector; returns the path of the final weights (``out_dir/model.safetensors``)."""
+          ids=None, ckpt_steps: int = 0, progress: bool = True, threads: int | None = None,
+          stop_after: int | None = None) -> Path:
+    """Train a detector; returns the path of the final weights (``out_dir/model.safetensors``).
+
+    ``stop_after`` ends the run early at that global step (schedule unchanged) after writing
+    ``last.pt``, as a pre-empted job would; ``resume`` then continues it. ``max_steps`` instead
+    shortens the whole schedule.
+    """
     rank, local_rank, world = env_rank()
     ddp = world > 1
     if threads:
@@ -192,8 +198,21 @@ def train(cfg: Config, data_dir, out_dir, *, resume=None, device: str | None = N
             if step >= total_steps:
                 done = True
                 break
+            if stop_after is not None and step >= stop_after:
+                break
         if bar is not None:
             bar.close()
+        if stop_after is not None and step >= stop_after and not done:
+            if rank == 0:
+                save_training_state(out_dir / "last.pt", model, opt, sched, scaler,
+                                    epoch + (step >= (epoch + 1) * steps_per_epoch), step, cfg,
+                                    {"wall_time": time.time() - t0})
+                _log(log_path, f"stopped at step {step} (resume with --resume {out_dir / 'last.pt'})", rank)
+            if ddp:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+            return out_dir / "last.pt"
         if step >= (epoch + 1) * steps_per_epoch:
             epoch += 1
         if rank == 0 and (epoch % t.ckpt_every == 0 or done):
