@@ -101,7 +101,7 @@ def _expand_inputs(items: list[str]) -> list[Path]:
 
 
 def _output_path(src: Path, out: str | None, scale: int, many: bool) -> Path:
-    default_name = f"{src.stem}_x{scale}{'.png' if src.suffix.lower() not in ('.png', '.jpg', '.jpeg') else src.suffix}"
+    default_name = f"{src.stem}_x{scale}.png"  # lossless by default, whatever the input format
     if out is None:
         return src.with_name(default_name)
     o = Path(out)
@@ -169,7 +169,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.out:
         cfg["path"]["experiments_root"] = a.out
     res = train(cfg, resume=a.resume, device=None if a.device in (None, "auto") else _device(a.device),
-                progress=not a.quiet)
+                progress=not a.quiet, until=a.until)
     if a.export:
         _export(res["checkpoint"], a.export, "params_ema")
     print(json.dumps({k: v for k, v in res.items() if k != "history"}))
@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="experiment folder (default runs/superres/<name>)")
     t.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: the run's last)")
     t.add_argument("--device", default="auto")
+    t.add_argument("--until", type=int, help="stop (with a checkpoint) after this iteration; --resume continues")
     t.add_argument("--export", help="also write the final EMA weights to this .safetensors")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

@@ -104,8 +104,15 @@ class _Log:
             self.f.write(line + "\n")
 
 
-def train(cfg: dict, resume: str | None = None, device: str | None = None, progress: bool = True) -> dict:
-    """Run training from a config dict (see ``config.load_config``). Returns a summary dict."""
+def train(cfg: dict, resume: str | None = None, device: str | None = None, progress: bool = True,
+          until: int | None = None) -> dict:
+    """Run training from a config dict (see ``config.load_config``). Returns a summary dict.
+
+    Args:
+        resume: checkpoint path, or "auto" for the run's ``ckpt_last.pt``.
+        device: "cpu", "cuda", "cuda:1"; default CUDA (this rank's) when available, else CPU.
+        until: stop (with a checkpoint) after this iteration; ``--resume`` continues exactly.
+    """
     # --- distributed / device setup (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
@@ -229,7 +236,8 @@ def train(cfg: dict, resume: str | None = None, device: str | None = None, progr
     val_freq = int(cfg["val"].get("val_freq", 0) or 0)
     run_loss, run_n, t_last = 0.0, 0, time.time()
     model.train()
-    for it in range(start_it, total):
+    stop = min(total, until) if until else total
+    for it in range(start_it, stop):
         lr = lr_at(it, base_lr, total, eta_min, warmup)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -254,7 +262,7 @@ def train(cfg: dict, resume: str | None = None, device: str | None = None, progr
         done = it + 1
         if pbar is not None:
             pbar.update(1)
-        if done % print_freq == 0 or done == total:
+        if done % print_freq == 0 or done == stop:
             now = time.time()
             elapsed += now - t_last
             sec_it = (now - t_last) / max(1, run_n)
@@ -272,13 +280,14 @@ def train(cfg: dict, resume: str | None = None, device: str | None = None, progr
             if pbar is not None:
                 pbar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{psnr:.2f}")
             t_last = time.time()  # validation time is not training time
-        if done % save_freq == 0 or done == total:
+        if done % save_freq == 0 or done == stop:
             save(done)
     if pbar is not None:
         pbar.close()
     if master:
-        log(f"done: {total} iters, {elapsed / 3600:.3f} h training wall time, best val psnr {best:.3f}")
+        log(f"{'done' if stop == total else 'paused'}: {stop} iters, {elapsed / 3600:.3f} h training wall time, "
+            f"best val psnr {best:.3f}")
     if ddp:
         dist.destroy_process_group()
-    return {"iters": total, "elapsed_h": elapsed / 3600, "best_psnr": best, "history": history,
+    return {"iters": stop, "elapsed_h": elapsed / 3600, "best_psnr": best, "history": history,
             "checkpoint": str(ckpt_path)}
