@@ -119,7 +119,7 @@ def depthwise_conv(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap
         e = min(s + step, kmap.num_pairs)
         f = features.index_select(0, kmap.in_idx[s:e])  # (p, C)
         wk = w.index_select(0, kmap.offset[s:e])  # (p, C, m)
-        out = out.index_add(0, kmap.out_idx[s:e], (f[:, :, None] * wk).reshape(-1, out_chs))
+        out.index_add_(0, kmap.out_idx[s:e], (f[:, :, None] * wk).reshape(-1, out_chs))
     return out
 
 

@@ -99,17 +99,22 @@ def build_subm_map(ctx: CoordinateContext, kernel_size: tuple[int, int, int]) ->
     if n == 0 or volume == 1:
         return _empty_map(n, n, volume, device, centre)
     keys_sorted, perm = ctx.sorted_keys()
+    keys = ctx.keys()
     idx = ctx.indices.long()
-    batch, zyx = idx[:, 0], idx[:, 1:]
-    shape = torch.tensor(ctx.spatial_shape, device=device)
+    grid = ctx.spatial_shape
+    # A neighbour's key is the voxel's key plus a per-offset constant, provided the neighbour stays
+    # inside the grid on every axis; per-axis validity is precomputed once per kernel row.
+    axis_ok = [torch.stack([((idx[:, 1 + a] + dd) >= 0) & ((idx[:, 1 + a] + dd) < grid[a])
+                            for dd in range(-(kernel_size[a] // 2), kernel_size[a] // 2 + 1)]) for a in range(3)]
+    kpos = kernel_offsets(kernel_size, device)  # (K, 3) kernel positions
+    dkeys = coord_keys(torch.zeros_like(offs[:, 0]), offs, grid)  # (K,) key offset of each kernel offset
 
     in_half, out_half, counts_half = [], [], []
     step = max(1, _CHUNK // n)
     for start in range(0, centre, step):
-        d = offs[start:min(start + step, centre)]
-        nb = zyx[None] + d[:, None]  # (k', N, 3) neighbour coordinates
-        inside = ((nb >= 0) & (nb < shape)).all(-1)
-        nb_keys = coord_keys(batch[None], nb, ctx.spatial_shape)  # (k', N)
+        sel = torch.arange(start, min(start + step, centre), device=device)
+        inside = axis_ok[0][kpos[sel, 0]] & axis_ok[1][kpos[sel, 1]] & axis_ok[2][kpos[sel, 2]]  # (k', N)
+        nb_keys = keys[None] + dkeys[sel, None]  # (k', N)
         pos = torch.searchsorted(keys_sorted, nb_keys).clamp_(max=n - 1)
         hit = inside & (keys_sorted[pos] == nb_keys)
         kk, out_rows = hit.nonzero(as_tuple=True)  # sorted by offset, then output row
@@ -154,24 +159,29 @@ def build_conv_map(ctx: CoordinateContext, kernel_size, stride, padding) -> tupl
     out_shape = conv_output_shape(ctx.spatial_shape, kernel_size, stride, padding)
     n = ctx.num_points
     device = ctx.indices.device
-    offs = kernel_offsets(kernel_size, device)
-    volume = offs.shape[0]
+    volume = int(torch.tensor(kernel_size).prod())
     if n == 0:
         out_ctx = CoordinateContext(torch.zeros(0, 4, dtype=torch.int32, device=device), out_shape, ctx.batch_size)
         return _empty_map(0, 0, volume, device, None), out_ctx
     idx = ctx.indices.long()
-    batch, zyx = idx[:, 0], idx[:, 1:]
-    stride_t = torch.tensor(stride, device=device)
-    shift = torch.tensor(padding, device=device) - offs  # (K, 3): i + p - k = o * s
-    out_shape_t = torch.tensor(out_shape, device=device)
+    # Per axis and kernel position: the output coordinate o = (i + p - k) / s, whether it is an
+    # integer inside the output grid, and its contribution to the output key (row-major strides).
+    key_stride = (out_shape[1] * out_shape[2], out_shape[2], 1)
+    axis_ok, axis_key = [], []
+    for a in range(3):
+        t = idx[None, :, 1 + a] + padding[a] - torch.arange(kernel_size[a], device=device)[:, None]  # (k_a, N)
+        o = torch.div(t, stride[a], rounding_mode="floor")
+        axis_ok.append((t == o * stride[a]) & (o >= 0) & (o < out_shape[a]))
+        axis_key.append(o * key_stride[a])
+    base = idx[:, 0] * (out_shape[0] * key_stride[0])  # (N,) batch part of the output key
+    kpos = kernel_offsets(kernel_size, device)
 
     in_rows, out_keys, counts = [], [], []
     step = max(1, _CHUNK // n)
     for start in range(0, volume, step):
-        t = zyx[None] + shift[start:start + step, None]  # (k', N, 3)
-        o = torch.div(t, stride_t, rounding_mode="floor")
-        ok = ((t - o * stride_t) == 0).all(-1) & (o >= 0).all(-1) & (o < out_shape_t).all(-1)
-        keys = coord_keys(batch[None], o, out_shape)  # (k', N)
+        kz, ky, kx = kpos[start:start + step].unbind(1)
+        ok = axis_ok[0][kz] & axis_ok[1][ky] & axis_ok[2][kx]  # (k', N)
+        keys = base[None] + axis_key[0][kz] + axis_key[1][ky] + axis_key[2][kx]  # (k', N)
         kk, rows = ok.nonzero(as_tuple=True)  # sorted by offset, then input row
         in_rows.append(rows)
         out_keys.append(keys[kk, rows])
