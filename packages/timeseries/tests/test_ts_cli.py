@@ -1,0 +1,143 @@
+"""`ffnet-ts forecast / predict / datasets`: outputs, exit code 2 on bad input, nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from ffnet_ts import cli
+from ffnet_ts.testing import staged_csv, truncated_csv
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def small_csv(data_dir, tmp_path_factory):
+    return truncated_csv(staged_csv(data_dir), tmp_path_factory.mktemp("cli") / "etth1_600.csv", 600)
+
+
+def _forecast(csv, out, *extra):
+    return cli.main(["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", "48",
+                     "--horizon", "24", "--epochs", "1", "--batch-size", "128", "--no-progress", "--out", str(out),
+                     *extra])
+
+
+def _snapshot(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_forecast_writes_everything_and_refuses_to_overwrite(small_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _forecast(small_csv, out) == 0
+    printed = capsys.readouterr().out
+    assert "| horizon |" in printed and "|      24 |" in printed
+    names = {p.name for p in out.iterdir()}
+    assert names == {"metrics.json", "checkpoint_H24.pt", "resume_H24.pt", "forecasts_H24.npz", "forecast_H24.png"}
+    m = json.loads((out / "metrics.json").read_text())["horizons"]["24"]
+    assert m["test_windows"] == int(600 * 0.2) - 24 + 1 and m["params"] > 0 and m["train_seconds"] > 0
+    f = np.load(out / "forecasts_H24.npz")
+    assert f["predictions"].shape == (m["test_windows"], 24, 7) and list(f["columns"])[-1] == "OT"
+    assert (out / "forecast_H24.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    before = _snapshot(out)
+    assert _forecast(small_csv, out) == 2  # existing results: refused, untouched
+    assert "already holds results" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    assert _forecast(small_csv, out, "--force") == 0
+
+
+def test_resume_via_cli(small_csv, tmp_path):
+    out = tmp_path / "r"
+    assert _forecast(small_csv, out) == 0
+    assert cli.main(["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", "48",
+                     "--horizon", "24", "--epochs", "2", "--batch-size", "128", "--no-progress", "--out", str(out),
+                     "--resume"]) == 0
+    last = torch.load(out / "resume_H24.pt", weights_only=False)
+    assert last["epoch"] == 2 and len(last["history"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "NoSuchDataset"], "unknown dataset"),
+    (["--data", "missing.csv"], "not found"),
+    (["--data", "{bad}"], "non-numeric"),
+    (["--data", "{short}"], "too short"),
+    (["--data", "{small}", "--device", "warp9"], "unknown device"),
+    (["--data", "{small}", "--horizon", "abc"], "--horizon"),
+    (["--data", "{small}", "--epochs", "0"], "--epochs"),
+    (["--data", "{small}", "--model", "nope"], "unknown --model"),
+    (["--data", "{small}", "--resume"], "--resume"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(small_csv, tmp_path, capsys, argv, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,a,b\n2021-01-01,1,x\n2021-01-02,2,y\n")
+    short = tmp_path / "short.csv"
+    df = pd.read_csv(small_csv, nrows=100)
+    df.to_csv(short, index=False)
+    argv = [a.format(bad=bad, short=short, small=small_csv) for a in argv]
+    out = tmp_path / "out"
+    code = cli.main(["forecast", "--lookback", "48", "--horizon", "24", "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists()
+
+
+def test_argparse_errors_also_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["forecast"])
+    assert e.value.code == 2
+
+
+def test_help_states_the_default_budget(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["forecast", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"at most {cli.DEFAULT_EPOCHS} epochs with patience {cli.DEFAULT_PATIENCE}" in text
+    assert "10 minutes" in text
+
+
+def test_predict_forecasts_past_the_last_timestamp(small_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _forecast(small_csv, out) == 0
+    dest = tmp_path / "future.csv"
+    args = ["predict", "--checkpoint", str(out / "checkpoint_H24.pt"), "--data", str(small_csv), "--out", str(dest)]
+    assert cli.main(args) == 0
+    fc = pd.read_csv(dest, parse_dates=["date"])
+    hist = pd.read_csv(small_csv, parse_dates=["date"])
+    assert len(fc) == 24 and list(fc.columns) == list(hist.columns)
+    assert fc["date"].iloc[0] == hist["date"].iloc[-1] + pd.Timedelta("1h")
+    assert (fc["date"].diff().dropna() == pd.Timedelta("1h")).all()
+    # in original units: the forecast level is near the recent level of each series
+    assert np.all(np.abs(fc["OT"].to_numpy() - hist["OT"].iloc[-48:].mean()) < 10 * hist["OT"].std())
+    before = dest.read_bytes()
+    assert cli.main(args) == 2 and dest.read_bytes() == before  # no overwrite without --force
+    assert cli.main([*args, "--force"]) == 0
+    assert cli.main(["predict", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(small_csv)]) == 2
+    wrong = tmp_path / "wrong.csv"
+    pd.read_csv(small_csv).drop(columns=["HUFL"]).to_csv(wrong, index=False)
+    assert cli.main(["predict", "--checkpoint", str(out / "checkpoint_H24.pt"), "--data", str(wrong)]) == 2
+    assert "HUFL" in capsys.readouterr().err
+
+
+def test_predict_to_stdout(small_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _forecast(small_csv, out) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", "--checkpoint", str(out / "checkpoint_H24.pt"), "--data", str(small_csv)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("date,") and len(lines) == 25
+
+
+def test_datasets_lists_the_registry(data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("FFNET_DATA_DIR", str(data_dir))
+    assert cli.main(["datasets"]) == 0
+    text = capsys.readouterr().out
+    assert "ETTh1" in text and "Traffic" in text and "not verified" in text

@@ -1,0 +1,146 @@
+"""Training loop: LR schedules, seeded determinism, exact resume, early stopping with best reload, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ffnet_ts import data as D
+from ffnet_ts import train as T
+from ffnet_ts.model import create_model
+from ffnet_ts.testing import staged_csv, truncated_csv
+
+
+@pytest.fixture(scope="module")
+def prep(data_dir, tmp_path_factory):
+    """The first 600 rows of the real ETTh1 (70/10/20 split), lookback 48, horizon 24."""
+    csv = truncated_csv(staged_csv(data_dir), tmp_path_factory.mktemp("ts") / "etth1_small.csv", 600)
+    return D.prepare(D.load(str(csv)), 48, 24)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit-exact comparisons need a fixed thread count; one thread is also fastest on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**kw):
+    base = dict(epochs=2, patience=5, batch_size=64, lr=1e-3, lr_schedule="type3", progress=False, seed=7)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def _model(prep, seed=7):
+    torch.manual_seed(seed)
+    return create_model("ffnet_ts_tiny", n_vars=prep.n_vars, lookback=48, horizon=24, dropout=0.3)
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _equal(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_official_schedule_reproduces_the_epoch1_quirk():
+    cfg = T.TrainConfig(lr=1e-4, lr_schedule="official", epochs=10)
+    lrs = [T.lr_at(cfg, e, 0, 10) for e in range(7)]
+    assert lrs == pytest.approx([4e-6, 1e-4, 1e-4, 1e-4, 9e-5, 8.1e-5, 7.29e-5])
+    cfg3 = T.TrainConfig(lr=1e-4, lr_schedule="type3", epochs=10)
+    assert T.lr_at(cfg3, 0, 0, 10) == pytest.approx(1e-4) and T.lr_at(cfg3, 4, 0, 10) == pytest.approx(9e-5)
+    one = T.TrainConfig(lr=1e-3, lr_schedule="onecycle", epochs=10)
+    curve = [T.lr_at(one, e, s, 10) for e in range(10) for s in range(10)]
+    assert curve[0] == pytest.approx(4e-5) and max(curve) == pytest.approx(1e-3, rel=1e-3)
+    assert curve.index(max(curve)) == 29 and curve[-1] < 1e-6
+    with pytest.raises(T.ConfigError):
+        T.lr_at(T.TrainConfig(lr_schedule="nope"), 0, 0, 1)
+
+
+def test_training_learns_and_is_seeded_deterministic(prep):
+    before = T.evaluate(_model(prep), prep, "val")["mse"]
+    m1 = _model(prep)
+    r1 = T.fit(m1, prep, _cfg())
+    m2 = _model(prep)
+    r2 = T.fit(m2, prep, _cfg())
+    m1_one = {k: v for k, v in _state(m1).items()}
+    assert _equal(_state(m1), _state(m2)) and r1.history == [
+        {**h, "seconds": r1.history[i]["seconds"]} for i, h in enumerate(r2.history)]
+    assert r1.best_val_mse < before
+    m3 = _model(prep)
+    T.fit(m3, prep, _cfg(seed=8, epochs=1))
+    assert not _equal(m1_one, _state(m3))
+
+
+def test_resume_continues_exactly(prep, tmp_path):
+    straight = _model(prep)
+    r_straight = T.fit(straight, prep, _cfg(epochs=2), best_path=tmp_path / "a_best.pt", last_path=tmp_path / "a_last.pt")
+    meta = {"model": {"name": "ffnet_ts_tiny"}, "data": {"n": 1}}
+    part = _model(prep)
+    T.fit(part, prep, _cfg(epochs=1), meta=meta, best_path=tmp_path / "best.pt", last_path=tmp_path / "last.pt")
+    resumed = _model(prep, seed=123)  # different init: everything must come from the resume file
+    r = T.fit(resumed, prep, _cfg(epochs=2), meta=meta, best_path=tmp_path / "best.pt",
+              last_path=tmp_path / "last.pt", resume=True)
+    assert [h["val_mse"] for h in r.history] == [h["val_mse"] for h in r_straight.history]
+    assert _equal(_state(resumed), _state(straight))
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert last["epoch"] == 2 and last["train"]["epochs"] == 2
+    with pytest.raises(T.ConfigError, match="differs"):
+        T.fit(_model(prep), prep, _cfg(epochs=3), meta={**meta, "data": {"n": 2}}, last_path=tmp_path / "last.pt",
+              resume=True)
+
+
+def test_early_stopping_reloads_the_best_epoch(prep, tmp_path, monkeypatch):
+    vals = iter([0.5, 0.4, 0.45, 0.6, 0.7, 0.1])
+    real = T.evaluate
+
+    def fake_eval(model, p, split="test", **kw):
+        res = real(model, p, split, **kw)
+        return {**res, "mse": next(vals)} if split == "val" else res
+
+    monkeypatch.setattr(T, "evaluate", fake_eval)
+    m = _model(prep)
+    r = T.fit(m, prep, _cfg(epochs=6, patience=2, batch_size=256), meta={"model": {"name": "x"}}, best_path=tmp_path / "best.pt",
+              last_path=tmp_path / "last.pt")
+    assert r.stopped_early and r.epochs_run == 4 and r.best_epoch == 2 and r.best_val_mse == 0.4
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["epoch"] == 2 and best["model"] == {"name": "x"} and best["train"]["patience"] == 2
+    assert _equal(_state(m), best["state_dict"])  # the model ends holding epoch 2's weights
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert not _equal(last["state_dict"], best["state_dict"])
+
+
+def test_checkpoint_rebuilds_the_model(prep, tmp_path):
+    m = _model(prep)
+    meta = {"model": {"name": "ffnet_ts_tiny", "args": dict(n_vars=prep.n_vars, lookback=48, horizon=24, dropout=0.3)}}
+    T.fit(m, prep, _cfg(epochs=1), meta=meta, best_path=tmp_path / "c.pt")
+    ck = T.load_checkpoint(tmp_path / "c.pt")
+    rebuilt = create_model(ck["model"]["name"], **ck["model"]["args"])
+    rebuilt.load_state_dict(ck["state_dict"])
+    a = T.evaluate(m, prep, "test", return_predictions=True)["predictions"]
+    b = T.evaluate(rebuilt, prep, "test", return_predictions=True)["predictions"]
+    assert (a == b).all()
+
+
+def test_bad_checkpoints_and_devices(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(T.ConfigError, match="not a readable"):
+        T.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(T.ConfigError, match="not an ffnet-ts"):
+        T.load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(T.ConfigError):
+        T.resolve_device("warp-drive")
+    if not torch.cuda.is_available():
+        with pytest.raises(T.ConfigError, match="CUDA"):
+            T.resolve_device("cuda")
+    assert T.resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.gpu
+def test_amp_training_step_on_cuda(prep):
+    m = _model(prep)
+    r = T.fit(m, prep, _cfg(epochs=1, device="cuda", amp=True))
+    assert r.best_val_mse < float("inf")
