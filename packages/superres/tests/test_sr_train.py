@@ -105,6 +105,11 @@ def test_config_overrides_and_errors(tmp_path):
     cfg = load_config("train/ffnetsr_mini_x2", ["train.total_iter=5", "datasets.train.gt_size=64", "val.val_freq=null"])
     assert cfg["train"]["total_iter"] == 5 and cfg["datasets"]["train"]["gt_size"] == 64
     assert cfg["val"]["val_freq"] is None and cfg["network_g"]["num_feat"] == 48
+    edsr = load_config("train/same_budget_edsr_baseline_x2")
+    assert edsr["network_g"]["type"] == "EDSR" and "mlp_ratio" not in edsr["network_g"]  # replaced, not merged
+    mini = load_config("train/same_budget_ffnetsr_mini_x2")
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("name", "network_g")}  # noqa: E731
+    assert strip(mini) == strip(edsr)  # the same-budget pair differs only in the architecture
     with pytest.raises(ValueError, match="key.sub=value"):
         load_config(None, ["nonsense"])
     with pytest.raises(FileNotFoundError, match="built-in"):

@@ -107,5 +107,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         with open(find_options(path)) as f:
-            deep_update(cfg, yaml.safe_load(f) or {})
+            user = yaml.safe_load(f) or {}
+        if "network_g" in user:  # an architecture is replaced as a whole, never merged with the default's kwargs
+            cfg["network_g"] = {}
+        deep_update(cfg, user)
     return apply_overrides(cfg, overrides or [])
