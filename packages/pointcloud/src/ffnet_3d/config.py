@@ -154,7 +154,7 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------- presets
-_SYNTH_DATA = dict(point_cloud_range=[0.0, -25.6, -3.0, 51.2, 25.6, 1.0], voxel_size=[0.1, 0.1, 0.2],
+_SYNTH_DATA = dict(point_cloud_range=[0.0, -25.6, -3.0, 51.2, 25.6, 1.0], voxel_size=[0.2, 0.2, 0.2],
                    max_voxels_train=12000, max_voxels_test=20000)
 
 PRESETS: dict[str, dict] = {
@@ -163,8 +163,8 @@ PRESETS: dict[str, dict] = {
         data=_SYNTH_DATA,
         model=dict(stem_chs=16, dims=[16, 24, 32, 48], depths=[1, 1, 1, 1], kernel_sizes=[3, 3, 3, 5],
                    mlp_ratio=2.0, bev_chs=64, neck_dims=[64, 96], neck_depths=[1, 1], neck_up_dims=[48, 48],
-                   neck_up_strides=[1, 2], head_chs=32),
-        train=dict(epochs=12, batch_size=2, lr=3e-3),
+                   neck_up_strides=[2, 4], head_chs=32),
+        train=dict(epochs=8, batch_size=2, lr=3e-3),
     ),
     "second_kitti": dict(
         model=dict(name="second", stem_chs=16, dims=[16, 32, 64, 64], bev_chs=128, neck_dims=[128, 256],
@@ -173,8 +173,8 @@ PRESETS: dict[str, dict] = {
     "second_synth_cpu": dict(
         data=_SYNTH_DATA,
         model=dict(name="second", stem_chs=16, dims=[16, 24, 32, 48], bev_chs=64, neck_dims=[64, 96],
-                   neck_depths=[2, 2], neck_up_dims=[48, 48], neck_up_strides=[1, 2], head_chs=32),
-        train=dict(epochs=12, batch_size=2, lr=3e-3),
+                   neck_depths=[2, 2], neck_up_dims=[48, 48], neck_up_strides=[2, 4], head_chs=32),
+        train=dict(epochs=8, batch_size=2, lr=3e-3),
     ),
     "tiny": dict(
         data=dict(point_cloud_range=[0.0, -12.8, -3.0, 25.6, 12.8, 1.0], voxel_size=[0.2, 0.2, 0.2],

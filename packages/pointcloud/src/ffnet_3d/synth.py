@@ -182,8 +182,13 @@ class _Footprints:
         return True
 
 
-def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration | None = None):
-    """One synthetic frame -> (points (N, 4) float32, KittiObjects, LiDAR boxes (M, 7), names (M,))."""
+def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration | None = None,
+                   return_owner: bool = False):
+    """One synthetic frame -> (points (N, 4) float32, KittiObjects, LiDAR boxes (M, 7), names (M,)).
+
+    With ``return_owner`` a fifth item maps each point to the index (in the returned boxes) of the
+    labelled object its ray hit, -1 for background.
+    """
     rng = np.random.default_rng([int(seed), int(index)])
     calib = calib or synth_calibration()
     ground_z = -cfg.sensor_height + rng.normal(0, 0.03)
@@ -328,6 +333,7 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
     inten = geom_albedo[np.where(ok, gid, 0)] * (0.3 + 0.7 * cosang) * np.exp(-np.nan_to_num(t, posinf=0) / 200.0)
     inten = np.clip(inten + rng.normal(0, 0.02, len(t)), 0.0, 1.0)
     points = np.concatenate([pts, inten[:, None]], 1)[ok].astype(np.float32)
+    owner = geom_owner[np.where(ok, gid, 0)][ok]
 
     # ---- labels
     names = [o[0] for o in objects]
@@ -350,6 +356,10 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
     objs = objs.select(keep)
     boxes = boxes[keep]
     names = np.asarray(names, dtype="<U16")[keep] if len(names) else np.zeros(0, dtype="<U16")
+    if return_owner:
+        remap = np.full(len(keep) + 1, -1)
+        remap[:-1][keep] = np.arange(int(keep.sum()))
+        return points, objs, boxes, names, remap[owner]  # owner -1 indexes the trailing -1
     return points, objs, boxes, names
 
 
