@@ -349,7 +349,11 @@ def test_empty_tensor_flows_through(impl, device):
 def test_resolve_impl(monkeypatch):
     monkeypatch.setenv("FFNET_SPARSE_IMPL", "torch")
     assert resolve_impl() == "torch" and SubMConv3d(2, 2, 3).impl == "torch"
-    assert resolve_impl("spconv") == "spconv"
+    if HAS_SPCONV:
+        assert resolve_impl("spconv") == "spconv"
+    else:
+        with pytest.raises(ImportError, match="ffnet-core\\[sparse\\]"):
+            resolve_impl("spconv")
     monkeypatch.setenv("FFNET_SPARSE_IMPL", "cuda")
     with pytest.raises(ValueError, match="unknown sparse implementation"):
         resolve_impl()

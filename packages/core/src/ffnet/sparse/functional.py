@@ -49,6 +49,9 @@ def resolve_impl(impl: str | None = None) -> str:
         return "spconv" if torch.cuda.is_available() and has_spconv else "torch"
     if impl not in IMPLS:
         raise ValueError(f"unknown sparse implementation {impl!r} (from argument or ${ENV_IMPL}); expected one of {IMPLS}")
+    if impl == "spconv" and importlib.util.find_spec("spconv") is None:
+        raise ImportError("impl='spconv' needs spconv: pip install 'ffnet-core[sparse]' (spconv-cu126==2.3.8), "
+                          "or use impl='torch'")
     return impl
 
 
