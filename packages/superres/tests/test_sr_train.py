@@ -141,3 +141,16 @@ def test_ddp_torchrun_two_cpu_processes(hr_folder, tmp_path):
     assert len(ck["generator"]) == 2  # both ranks' sampler states, for exact resume
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["iters"] == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_cuda_amp_training(hr_folder, tmp_path, amp):
+    res = train(tiny_cfg(hr_folder, tmp_path / "g", **{"train.amp": amp, "train.total_iter": 4}), device="cuda",
+                progress=False)
+    assert res["iters"] == 4 and np.isfinite(res["history"][-1]["psnr"])
+
+
+def test_fp16_amp_is_refused_on_cpu(hr_folder, tmp_path):
+    with pytest.raises(ValueError, match="fp16 AMP needs CUDA"):
+        train(tiny_cfg(hr_folder, tmp_path / "c", **{"train.amp": "fp16"}), device="cpu", progress=False)

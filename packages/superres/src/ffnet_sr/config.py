@@ -103,7 +103,17 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
+def expand_vars(obj: Any) -> Any:
+    """Expand ``$VARS`` in every string (``$FFNET_SR_WEIGHTS`` defaults to the shipped-weights folder)."""
+    if isinstance(obj, dict):
+        return {k: expand_vars(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [expand_vars(v) for v in obj]
+    return os.path.expandvars(obj) if isinstance(obj, str) else obj
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
+    os.environ.setdefault("FFNET_SR_WEIGHTS", str(resources.files("ffnet_sr") / "pretrained"))
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         with open(find_options(path)) as f:
@@ -111,4 +121,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if "network_g" in user:  # an architecture is replaced as a whole, never merged with the default's kwargs
             cfg["network_g"] = {}
         deep_update(cfg, user)
-    return apply_overrides(cfg, overrides or [])
+    return expand_vars(apply_overrides(cfg, overrides or []))
