@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "ema_decay": 0.999,
+        "ema_warmup": True,  # decay min(ema_decay, (1+n)/(10+n)): short runs do not keep the random init
         "optim_g": {"type": "Adam", "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.99]},
         "scheduler": {"type": "CosineAnnealingRestartLR", "eta_min": 1e-5},
         "total_iter": 20000,
