@@ -140,7 +140,7 @@ class RepDWConv(nn.Module):
             self.large = ConvNorm(in_chs, out_chs, kernel_size, stride, groups=in_chs, norm=norm, backend=be)
             self.small = (ConvNorm(in_chs, out_chs, small_kernel, stride, groups=in_chs, norm=norm, backend=be)
                           if small_kernel is not None else None)
-        self._backend = be.name
+        self._backend = be  # the instance, so a fused sparse conv keeps the implementation it was built with
 
     def forward(self, x):
         if self.reparam_conv is not None:
@@ -158,7 +158,7 @@ class RepDWConv(nn.Module):
         if self.small is not None:
             ws, bs = self.small.fused_weight_bias()
             w, b = w + pad_kernel(ws, self.kernel_size), b + bs
-        conv = get_backend(self._backend).conv(self.in_chs, self.out_chs, self.kernel_size, stride=self.stride,
+        conv = self._backend.conv(self.in_chs, self.out_chs, self.kernel_size, stride=self.stride,
                                                groups=self.in_chs, bias=True)
         self.reparam_conv = _like(conv, w)
         _set_weight_bias(self.reparam_conv, w, b)
@@ -172,7 +172,7 @@ class ResidualBNPointwise(nn.Module):
         super().__init__()
         be = get_backend(backend)
         self.dim = dim
-        self._backend = be.name
+        self._backend = be
         if inference_mode:
             self.reparam_conv = be.pointwise(dim, dim, bias=True)
             self.norm = self.conv = None
@@ -198,6 +198,6 @@ class ResidualBNPointwise(nn.Module):
             b = b + self.conv.bias
         w = w * scale.view(1, -1, *([1] * (w.ndim - 2)))
         w = w + torch.eye(self.dim, device=w.device, dtype=w.dtype).view(w.shape)
-        self.reparam_conv = _like(get_backend(self._backend).pointwise(self.dim, self.dim, bias=True), w)
+        self.reparam_conv = _like(self._backend.pointwise(self.dim, self.dim, bias=True), w)
         _set_weight_bias(self.reparam_conv, w, b)
         self.norm = self.conv = None
