@@ -51,8 +51,8 @@ class ModelConfig:
     in_chs: int = 4
     # sparse encoder
     stem_chs: int = 16
-    dims: tuple = (16, 32, 64, 64)
-    depths: tuple = (1, 2, 2, 2)
+    dims: tuple = (16, 32, 64, 96)  # ~0.74M encoder parameters, like VoxelBackBone8x's 0.71M
+    depths: tuple = (1, 2, 2, 3)
     kernel_sizes: tuple = (3, 3, 5, 7)  # token-mixer depthwise kernels per stage
     cm_kernel_size: int = 3  # channel-mixer depthwise kernel
     mlp_ratio: float = 2.0
