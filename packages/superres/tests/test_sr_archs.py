@@ -34,8 +34,8 @@ def test_spec_block_structure():
     assert not any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in m.modules())
 
 
-@pytest.mark.parametrize("name", SMALL)
-@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("name,scale", [("ffnetsr_test", 2), ("ffnetsr_test", 3), ("ffnetsr_test", 4),
+                                        ("ffnetsr_mini", 3), ("ffnetsr_mini_lk", 4)])
 def test_forward_shape_grad(name, scale, device):
     torch.manual_seed(0)
     m = create_model(name, scale).to(device)
