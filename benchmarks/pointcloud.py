@@ -76,7 +76,6 @@ def _child_latency(backbone: str, impl: str, rounds: int, threads: int, device: 
     torch.set_num_threads(threads)
     from ffnet import reparameterize_model
     from ffnet.sparse import SparseTensor
-
     from ffnet_3d.config import get_preset
     from ffnet_3d.data import prepare_points
     from ffnet_3d.io import KittiFrames, data_root

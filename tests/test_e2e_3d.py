@@ -36,10 +36,10 @@ def test_synth_train_eval_detect(tmp_path):
     run("detect", data / "training" / "velodyne" / "000002.bin", "--checkpoint", ckpt, "-o", tmp_path / "det",
         "--threads", "1")
     assert (tmp_path / "det" / "000002_bev.png").is_file()
-    # bad input: one line, exit code 2
-    bad = run("detect", tmp_path / "missing.bin", check=False)
+    # bad input through the console script: one line, exit code 2, nothing written
+    bad = run("detect", tmp_path / "missing.bin", "-o", tmp_path / "det2", check=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("ffnet-3d: error:")
-    assert len(bad.stderr.strip().splitlines()) == 1
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "det2").exists()
 
 
 @pytest.mark.skipif(EXE is None, reason="ffnet-3d console script not installed")

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from ffnet_3d.checkpoint import SHIPPED_CHECKPOINT, save_weights
 from ffnet_3d.cli import main
 from ffnet_3d.config import get_preset

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ffnet_3d.boxes import Calibration, boxes_to_corners_3d, points_in_boxes
 from ffnet_3d.io import (
     KittiFrames,

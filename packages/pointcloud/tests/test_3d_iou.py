@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from ffnet_3d.iou import (
     bev_iou_numba,
     bev_iou_torch,
@@ -27,7 +26,7 @@ def _random_boxes(rng, n, spread=3.0):
     return b
 
 
-def box(x=0.0, y=0.0, z=0.0, l=1.0, w=1.0, h=1.0, yaw=0.0):
+def box(x=0.0, y=0.0, z=0.0, l=1.0, w=1.0, h=1.0, yaw=0.0):  # noqa: E741
     return [x, y, z, l, w, h, yaw]
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ffnet_3d.io import KittiObjects
 from ffnet_3d.kitti_eval import format_table, get_thresholds, kitti_eval
 

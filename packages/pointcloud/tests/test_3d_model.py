@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from ffnet_3d.centerpoint import build_targets, centerpoint_loss, decode
 from ffnet_3d.config import config_from_dict, get_preset
 from ffnet_3d.data import KittiDetectionDataset, collate

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from ffnet_3d.boxes import points_in_boxes
 from ffnet_3d.io import KittiFrames
 from ffnet_3d.synth import SynthConfig, generate_frame, synth_calibration

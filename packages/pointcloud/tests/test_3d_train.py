@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from ffnet_3d.checkpoint import load_model, load_training_state, read_checkpoint
 from ffnet_3d.config import config_from_dict, get_preset
 from ffnet_3d.train import train
@@ -18,17 +17,17 @@ def _cfg(**train_kw):
 
 
 def test_overfits_two_frames(synth_root, tmp_path):
-    cfg = _cfg(epochs=30, batch_size=2, lr=5e-3, schedule="cosine", warmup_frac=0.05)
+    cfg = _cfg(epochs=20, batch_size=2, lr=5e-3, schedule="cosine", warmup_frac=0.05)
     cfg.data.rot_range = (0.0, 0.0)
     cfg.data.scale_range = (1.0, 1.0)
     cfg.data.flip_y = False
     train(cfg, synth_root, tmp_path, ids=["000000", "000001"], progress=False, threads=1)
     losses = [float(line.split(" loss ")[1].split()[0]) for line in (tmp_path / "train.log").read_text().splitlines()
               if " loss " in line]
-    assert len(losses) == 30
+    assert len(losses) == 20
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
     model, cfg2, meta = load_model(tmp_path / "model.safetensors")
-    assert cfg2.to_dict() == cfg.to_dict() and meta["steps"] == 30
+    assert cfg2.to_dict() == cfg.to_dict() and meta["steps"] == 20
 
 
 def test_resume_continues_exactly(synth_root, tmp_path):

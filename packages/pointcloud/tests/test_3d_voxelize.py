@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from ffnet_3d.io import read_points
 from ffnet_3d.voxelize import Voxelizer, grid_size, voxelize_numba
 

@@ -104,11 +104,11 @@ class Calibration:
     def boxes_camera_to_lidar(self, loc: np.ndarray, dims_hwl: np.ndarray, ry: np.ndarray) -> np.ndarray:
         """KITTI camera boxes -> LiDAR boxes (N, 7)."""
         loc = np.asarray(loc, dtype=np.float64).reshape(-1, 3)
-        h, w, l = (np.asarray(dims_hwl, dtype=np.float64).reshape(-1, 3)[:, i] for i in range(3))
+        h, w, ln = (np.asarray(dims_hwl, dtype=np.float64).reshape(-1, 3)[:, i] for i in range(3))
         xyz = self.rect_to_lidar(loc)
         xyz[:, 2] += h / 2  # bottom centre -> geometric centre
         heading = limit_period(-np.asarray(ry, dtype=np.float64).reshape(-1) - np.pi / 2)
-        return np.concatenate([xyz, np.stack([l, w, h, heading], axis=1)], axis=1)
+        return np.concatenate([xyz, np.stack([ln, w, h, heading], axis=1)], axis=1)
 
     def boxes_lidar_to_camera(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """LiDAR boxes (N, 7) -> (loc (N, 3) bottom centre in rect frame, dims hwl (N, 3), ry (N,))."""

@@ -130,22 +130,31 @@ def cmd_eval(args) -> int:
 
 
 def cmd_detect(args) -> int:
-    import numpy as np
-    import torch
-
-    from .checkpoint import load_model
-    from .inference import default_calibration, detect_points, load_scan, predictions_to_kitti
-    from .io import atomic_write_text, read_label
-    from .viz import bev_png, render_open3d
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     scan = Path(args.scan)
     stem = scan.name.split(".")[0]
     out = Path(args.output)
     txt, png, js = out / f"{stem}.txt", out / f"{stem}_bev.png", out / f"{stem}.json"
     _refuse_existing([txt, png, js], args.force)
-    points, calib = load_scan(scan, args.calib)
+    # validate the inputs before the heavy imports (torch, the model)
+    from .io import read_calib, read_points
+
+    points = read_points(scan)
+    calib_path = args.calib
+    if calib_path is None:
+        sibling = scan.parent.parent / "calib" / f"{stem}.txt"
+        calib_path = sibling if sibling.is_file() else None
+    calib = read_calib(calib_path) if calib_path is not None else None
+
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_model
+    from .inference import default_calibration, detect_points, predictions_to_kitti
+    from .io import atomic_write_text, read_label
+    from .viz import bev_png, render_open3d
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = _device(args.device)
     model, cfg, _ = load_model(args.checkpoint, device)
     if args.score_thresh is not None:

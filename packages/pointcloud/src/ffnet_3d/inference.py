@@ -10,8 +10,8 @@ import torch
 from .boxes import Calibration
 from .centerpoint import decode
 from .config import Config
-from .data import KittiDetectionDataset, collate, prepare_points
-from .io import KittiObjects, read_calib, read_points, write_label
+from .data import KittiDetectionDataset, collate, prepare_points  # noqa: F401
+from .io import KittiObjects, write_label
 from .kitti_eval import kitti_eval
 from .synth import synth_calibration
 from .voxelize import voxelize_numba
@@ -75,20 +75,9 @@ def detect_points(model, cfg: Config, points: np.ndarray, calib: Calibration | N
     return predict(model, batch, cfg, device)[0]
 
 
-def load_scan(scan_path, calib_path=None):
-    """(points, calibration or None) for ``detect``; a sibling ``calib/`` file is used when present."""
-    scan_path = Path(scan_path)
-    points = read_points(scan_path)
-    if calib_path is None:
-        sibling = scan_path.parent.parent / "calib" / (scan_path.name.split(".")[0] + ".txt")
-        calib_path = sibling if sibling.is_file() else None
-    calib = read_calib(calib_path) if calib_path is not None else None
-    return points, calib
-
-
 def default_calibration() -> Calibration:
     """Used to express results in camera coordinates when no calibration is given (documented)."""
     return synth_calibration()
 
 
-__all__ += ["load_scan", "default_calibration", "collate"]
+__all__ += ["default_calibration"]

@@ -52,11 +52,11 @@ def camera_to_eval_boxes(objs: KittiObjects) -> np.ndarray:
     """
     if len(objs) == 0:
         return np.zeros((0, 7))
-    h, w, l = objs.dims[:, 0], objs.dims[:, 1], objs.dims[:, 2]
+    h, w, ln = objs.dims[:, 0], objs.dims[:, 1], objs.dims[:, 2]
     x = objs.loc[:, 2]
     y = -objs.loc[:, 0]
     z = -objs.loc[:, 1] + h / 2
-    return np.stack([x, y, z, l, w, h, -objs.ry - np.pi / 2], axis=1)
+    return np.stack([x, y, z, ln, w, h, -objs.ry - np.pi / 2], axis=1)
 
 
 def get_thresholds(scores: np.ndarray, num_gt: int, num_sample_pts: int = N_SAMPLE_PTS) -> np.ndarray:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
-
 from ffnet.sparse import (
     FeatureWise,
     SparseBatchNorm,
@@ -37,6 +35,7 @@ from ffnet.sparse import (
     SubMConv3d,
     to_bev,
 )
+from torch import nn
 
 from .config import Config, ModelConfig
 from .voxelize import grid_size

@@ -26,8 +26,8 @@ import numpy as np
 
 from ._open3d import o3d
 from .boxes import Calibration, points_in_boxes
-from .iou import bev_iou_numba
 from .io import KittiObjects, write_bin, write_calib, write_label
+from .iou import bev_iou_numba
 
 __all__ = ["SynthConfig", "synth_calibration", "generate_frame", "write_dataset"]
 
@@ -121,35 +121,35 @@ def _part_mesh(part: _Part, origin: np.ndarray, yaw: float) -> tuple[np.ndarray,
     return v.astype(np.float32), f.astype(np.uint32)
 
 
-def _object_parts(cls: str, l: float, w: float, h: float, rng) -> list[_Part]:
+def _object_parts(cls: str, ln: float, w: float, h: float, rng) -> list[_Part]:
     P = lambda kind, c, s: _Part(kind, np.asarray(c, float), np.asarray(s, float))  # noqa: E731
     if cls == "Car":
         wr = min(0.33, 0.22 * h)
         body_h = 0.55 * h - 0.15
         parts = [
-            P("box", (0, 0, 0.15 + body_h / 2 + 0.05), (l, w, body_h)),
-            P("box", (-0.08 * l, 0, 0.55 * h + 0.225 * h), (0.52 * l, 0.86 * w, 0.45 * h)),
+            P("box", (0, 0, 0.15 + body_h / 2 + 0.05), (ln, w, body_h)),
+            P("box", (-0.08 * ln, 0, 0.55 * h + 0.225 * h), (0.52 * ln, 0.86 * w, 0.45 * h)),
         ]
         for sx in (0.32, -0.32):
             for sy in (0.5, -0.5):
-                parts.append(P("cylx", (sx * l, sy * (w - 0.2), wr), (wr, wr, 0.2)))
+                parts.append(P("cylx", (sx * ln, sy * (w - 0.2), wr), (wr, wr, 0.2)))
         return parts
     if cls == "Pedestrian":
         leg_h = 0.47 * h
         parts = [
-            P("box", (0, 0.13 * w, leg_h / 2), (0.35 * l, 0.22 * w, leg_h)),
-            P("box", (0.05 * l * rng.uniform(-1, 1), -0.13 * w, leg_h / 2), (0.35 * l, 0.22 * w, leg_h)),
-            P("box", (0, 0, leg_h + 0.19 * h), (0.45 * l, 0.75 * w, 0.38 * h)),
+            P("box", (0, 0.13 * w, leg_h / 2), (0.35 * ln, 0.22 * w, leg_h)),
+            P("box", (0.05 * ln * rng.uniform(-1, 1), -0.13 * w, leg_h / 2), (0.35 * ln, 0.22 * w, leg_h)),
+            P("box", (0, 0, leg_h + 0.19 * h), (0.45 * ln, 0.75 * w, 0.38 * h)),
             P("sph", (0, 0, h - 0.075 * h), (0.075 * h, 0.075 * h, 0.075 * h)),
         ]
         return parts
     if cls == "Cyclist":
         wr = 0.33
         parts = [
-            P("cylx", (0.5 * l - wr, 0, wr), (wr, wr, 0.06)),
-            P("cylx", (-0.5 * l + wr, 0, wr), (wr, wr, 0.06)),
-            P("box", (0, 0, 0.62), (0.6 * l, 0.08, 0.3)),
-            P("box", (-0.05 * l, 0, 0.62 + 0.3 * h / 2 + 0.15), (0.3 * l, 0.7 * w, 0.38 * h)),
+            P("cylx", (0.5 * ln - wr, 0, wr), (wr, wr, 0.06)),
+            P("cylx", (-0.5 * ln + wr, 0, wr), (wr, wr, 0.06)),
+            P("box", (0, 0, 0.62), (0.6 * ln, 0.08, 0.3)),
+            P("box", (-0.05 * ln, 0, 0.62 + 0.3 * h / 2 + 0.15), (0.3 * ln, 0.7 * w, 0.38 * h)),
             P("sph", (0.0, 0, h - 0.07 * h), (0.07 * h, 0.07 * h, 0.07 * h)),
         ]
         return parts
@@ -174,8 +174,8 @@ class _Footprints:
     def __init__(self):
         self.boxes = np.zeros((0, 7))
 
-    def try_add(self, x, y, l, w, yaw, margin) -> bool:
-        cand = np.array([[x, y, 0.0, l + 2 * margin, w + 2 * margin, 1.0, yaw]])
+    def try_add(self, x, y, length, w, yaw, margin) -> bool:
+        cand = np.array([[x, y, 0.0, length + 2 * margin, w + 2 * margin, 1.0, yaw]])
         if len(self.boxes) and (bev_iou_numba(cand, self.boxes) > 0).any():
             return False
         self.boxes = np.concatenate([self.boxes, cand])
@@ -247,20 +247,20 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
                 lat = -x * np.sin(road_yaw) + y * np.cos(road_yaw)
                 if abs(y) > cfg.max_abs_y or abs(lat) > corridor[1.0 if lat >= 0 else -1.0] - 1.0:
                     continue
-                l, w, h = np.maximum(rng.normal(mean, std), np.asarray(mean) * 0.6)
+                ln, w, h = np.maximum(rng.normal(mean, std), np.asarray(mean) * 0.6)
                 if cls == "Car":
                     yaw = road_yaw + rng.choice([0.0, np.pi, np.pi / 2, -np.pi / 2], p=[0.4, 0.4, 0.1, 0.1])
                     yaw += rng.normal(0, 0.2)
                 else:
                     yaw = rng.uniform(-np.pi, np.pi)
                 yaw = float((yaw + np.pi) % (2 * np.pi) - np.pi)
-                if occupied.try_add(x, y, l, w, yaw, 0.25):
+                if occupied.try_add(x, y, ln, w, yaw, 0.25):
                     break
             else:
                 continue
             origin = np.array([x, y, ground_z])
-            parts = _object_parts(cls, l, w, h, rng)
-            box = np.array([x, y, ground_z + h / 2, l, w, h, yaw])
+            parts = _object_parts(cls, ln, w, h, rng)
+            box = np.array([x, y, ground_z + h / 2, ln, w, h, yaw])
             albedo = rng.uniform(0.15, 0.6) if cls == "Car" else rng.uniform(0.1, 0.4)
             for p in parts:
                 v, f = _part_mesh(p, origin, yaw)
