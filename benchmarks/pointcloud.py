@@ -259,6 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--val-dir", type=Path, default=Path("runs/synth_val"))
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--out", type=Path, default=RESULTS / "pointcloud.json")
+    p.add_argument("--wait", type=float, default=0.0,
+                   help="wait up to this many seconds for --ours / --baseline to appear (trainings still running)")
     args = p.parse_args(argv)
 
     if args.child:
@@ -278,6 +280,9 @@ def main(argv=None) -> int:
             args.ours, args.baseline = train_both(args.train_dir, args.runs, args.threads)
         if not (args.ours and args.baseline):
             p.error("(b) needs --ours and --baseline checkpoints (or --train, or --skip-ap)")
+        deadline = time.time() + args.wait
+        while not (args.ours.is_file() and args.baseline.is_file()) and time.time() < deadline:
+            time.sleep(30)
         print("(b) AP on the synthetic validation set", flush=True)
         val = ensure_synth(args.val_dir, 100, 1000)
         res["ap"] = ap_table(args.ours, args.baseline, val, args.threads, args.device)
