@@ -21,7 +21,6 @@ SIGCONT afterwards, so they do not corrupt the timings; the paused PIDs are reco
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import signal
@@ -47,7 +46,6 @@ def build(name: str, scale: int) -> torch.nn.Module | None:
         return None
     if name == "ffnetsr_mini (ours)":
         from ffnet import reparameterize_model
-
         from ffnet_sr.weights import load_model, pretrained_path
 
         try:
@@ -59,7 +57,6 @@ def build(name: str, scale: int) -> torch.nn.Module | None:
         return reparameterize_model(m).eval()
     if name in ("ffnetsr_light", "ffnetsr"):
         from ffnet import reparameterize_model
-
         from ffnet_sr.archs import create_model
 
         return reparameterize_model(create_model(name, scale)).eval()

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from ffnet_sr.archs import VARIANTS, FFNetSR, create_model
 
 SMALL = ["ffnetsr_test", "ffnetsr_mini", "ffnetsr_mini_lk"]

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-
 from ffnet_sr.archs import create_model
 from ffnet_sr.evaluate import evaluate
 from ffnet_sr.weights import save_weights
+from PIL import Image
 
 TINY = {"type": "FFNetSR", "upscale": 2, "num_feat": 16, "num_block": 2, "mlp_ratio": 2.0}
 

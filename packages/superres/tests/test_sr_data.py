@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from ffnet_sr.data import PairSampler, load_benchmark, load_rgb_u8
 from ffnet_sr.imresize import bicubic_degrade, imresize
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
 def basicsr_imresize():
-    from ffnet_sr import basicsr_plugin  # noqa: F401  (installs the torchvision shim)
     from basicsr.utils.matlab_functions import imresize as ref
+    from ffnet_sr import basicsr_plugin  # noqa: F401  (installs the torchvision shim)
 
     return ref
 

@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from ffnet_sr.archs import create_model
 from ffnet_sr.cli import main
 from ffnet_sr.weights import save_weights
+from PIL import Image
 
 
 @pytest.fixture

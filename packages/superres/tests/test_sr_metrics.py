@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from ffnet_sr.data import load_benchmark
 from ffnet_sr.evaluate import bicubic_upscale
 from ffnet_sr.metrics import calculate_psnr, calculate_ssim
@@ -10,9 +9,9 @@ from ffnet_sr.metrics import calculate_psnr, calculate_ssim
 
 @pytest.fixture(scope="module")
 def basicsr_metrics():
-    from ffnet_sr import basicsr_plugin  # noqa: F401  (installs the torchvision shim)
     from basicsr.metrics import calculate_psnr as ref_psnr
     from basicsr.metrics import calculate_ssim as ref_ssim
+    from ffnet_sr import basicsr_plugin  # noqa: F401  (installs the torchvision shim)
 
     return ref_psnr, ref_ssim
 

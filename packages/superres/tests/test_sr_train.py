@@ -8,11 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from ffnet_sr.config import apply_overrides, load_config
 from ffnet_sr.train import build_network, fft_l1, load_weights, lr_at, train
 from ffnet_sr.weights import load_model
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from ffnet_sr.archs import create_model
 from ffnet_sr.cli import main
 from ffnet_sr.upscale import read_image, tiled_upscale
 from ffnet_sr.weights import save_weights
+from PIL import Image
 
 MINI = {"type": "FFNetSR", "num_feat": 48, "num_block": 8, "mlp_ratio": 2.0}
 TINY = {"type": "FFNetSR", "num_feat": 16, "num_block": 2, "mlp_ratio": 2.0}

@@ -36,9 +36,9 @@ def _install_torchvision_shim() -> None:
 
 _install_torchvision_shim()
 
-import torch  # noqa: E402
 import random  # noqa: E402
 
+import torch  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils import data as tud  # noqa: E402
@@ -108,11 +108,11 @@ def prepare_options(path: str) -> str:
     shipped-weights folder, and converts a ``.safetensors`` ``pretrain_network_g`` into a temporary
     BasicSR ``.pth`` (``{'params': ...}``), since BasicSR loads weights with ``torch.load``.
     """
+    from importlib import resources
+
     import yaml
 
     from .weights import PRETRAINED_DIR, load_state_dict
-
-    from importlib import resources
 
     os.environ.setdefault("FFNET_SR_WEIGHTS", str(resources.files("ffnet_sr") / PRETRAINED_DIR))
     with open(path) as f:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import load_benchmark, to_float
+from .data import load_benchmark
 from .imresize import imresize
 from .metrics import calculate_psnr, calculate_ssim, tensor_to_u8
 from .upscale import tiled_upscale
