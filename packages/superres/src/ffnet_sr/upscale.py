@@ -140,8 +140,9 @@ def _tiles(n: int, tile: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def tiled_upscale(model: nn.Module, color: np.ndarray, scale: int, tile: int | None = 256, overlap: int = 16,
-                  device: str | torch.device = "cpu", out_dtype=None, progress=None) -> np.ndarray:
+def tiled_upscale(model: nn.Module, color: np.ndarray, scale: int, tile: int | None = 256, overlap: int = 32,
+                  device: str | torch.device = "cpu", out_dtype=None, progress=None,
+                  gray_out: bool = False) -> np.ndarray:
     """Super-resolve an (H, W, 3) uint8/uint16/float image tile by tile.
 
     Args:
@@ -151,12 +152,13 @@ def tiled_upscale(model: nn.Module, color: np.ndarray, scale: int, tile: int | N
         overlap: LR context pixels added on each side of a core.
         out_dtype: output dtype (default: the input dtype); floats stay unquantized.
         progress: optional callable ``progress(n_tiles_done)``.
+        gray_out: average the output channels per tile into a single channel (gray images fed as R=G=B).
     """
     h, w, c = color.shape
     in_max = float(np.iinfo(color.dtype).max) if np.issubdtype(color.dtype, np.integer) else 1.0
     out_dtype = np.dtype(out_dtype or color.dtype)
     out_max = float(np.iinfo(out_dtype).max) if np.issubdtype(out_dtype, np.integer) else 1.0
-    out = np.empty((h * scale, w * scale, c), dtype=out_dtype)
+    out = np.empty((h * scale, w * scale, 1 if gray_out else c), dtype=out_dtype)
     device = torch.device(device)
     channels_last = device.type == "cpu"
     tile = tile or max(h, w)
@@ -171,6 +173,8 @@ def tiled_upscale(model: nn.Module, color: np.ndarray, scale: int, tile: int | N
             y = model(x)[0]  # (3, s h', s w')
             y = y[:, (y0 - py0) * scale : (y1 - py0) * scale, (x0 - px0) * scale : (x1 - px0) * scale]
             y = y.permute(1, 2, 0).float().cpu()
+            if gray_out:
+                y = y.mean(dim=2, keepdim=True)
             if out_max != 1.0:
                 y = (y.clamp_(0, 1) * out_max).round_()
             out[y0 * scale : y1 * scale, x0 * scale : x1 * scale] = y.numpy().astype(out_dtype, copy=False)
@@ -196,16 +200,15 @@ def resize_plane(plane: np.ndarray, scale: int) -> np.ndarray:
     return out
 
 
-def upscale_image(model: nn.Module, img: ImageData, scale: int, tile: int | None = 256, overlap: int = 16,
+def upscale_image(model: nn.Module, img: ImageData, scale: int, tile: int | None = 256, overlap: int = 32,
                   device: str | torch.device = "cpu", progress=None) -> ImageData:
     """Upscale colour with the model (gray through the RGB model, averaged back) and alpha bicubically."""
     color = img.color
     gray = color.shape[2] == 1
     if gray:
         color = np.repeat(color, 3, axis=2)
-    out = tiled_upscale(model, color, scale, tile, overlap, device, progress=progress)
-    if gray:  # the network sees R=G=B; average the three outputs back to one channel
-        out = np.round(out.astype(np.float32).mean(axis=2, keepdims=True)).astype(img.color.dtype)
+    # a gray image goes through the RGB network as R=G=B; its three outputs are averaged back per tile
+    out = tiled_upscale(model, color, scale, tile, overlap, device, progress=progress, gray_out=gray)
     alpha = resize_plane(img.alpha, scale) if img.alpha is not None else None
     return ImageData(out, alpha, dict(img.info))
 
