@@ -40,7 +40,7 @@ EPOCHS, PATIENCE = 10, 3
 RECIPES = {
     "ffnet_ts": lambda ds, h: (
         {k: dataset_defaults(ds, h)[k] for k in ("ffn_ratio", "dropout", "head_dropout")},
-        dict(lr=1e-3, batch_size=128, lr_schedule="type3"),
+        dict(lr=1e-4, batch_size=128, lr_schedule="type3"),  # selected: results/timeseries_selection.json
     ),
     "dlinear": lambda ds, h: (
         {}, dict(lr={"ETTh1": 5e-3, "ETTh2": 5e-2, "ETTm1": 1e-4, "ETTm2": 1e-3}.get(ds, 1e-3), batch_size=32,

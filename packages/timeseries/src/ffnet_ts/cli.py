@@ -19,7 +19,7 @@ from pathlib import Path
 
 DEFAULT_EPOCHS = 10
 DEFAULT_PATIENCE = 3
-DEFAULT_LR = 1e-3
+DEFAULT_LR = 1e-4
 DEFAULT_BATCH = 128
 DEFAULT_SCHEDULE = "type3"
 OUTPUT_PATTERNS = ("metrics.json", "checkpoint_H*.pt", "resume_H*.pt", "forecasts_H*.npz", "forecast_H*.png")
