@@ -10,12 +10,11 @@ import pytest
 import torch
 
 pytest.importorskip("gluonts")
+from ffnet_ts.gluonts import FFNetEstimator  # noqa: E402
 from gluonts.dataset.common import ListDataset  # noqa: E402
 from gluonts.dataset.pandas import PandasDataset  # noqa: E402
 from gluonts.evaluation import Evaluator, make_evaluation_predictions  # noqa: E402
 from gluonts.model.predictor import Predictor  # noqa: E402
-
-from ffnet_ts.gluonts import FFNetEstimator  # noqa: E402
 
 H, CONTEXT = 12, 48
 TINY = dict(dim=8, kernel_size=7, small_kernel=3)

@@ -155,8 +155,8 @@ def cmd_forecast(args) -> int:
     if info.master:
         print(f"\n{args.model} on {series.name} (features {args.features}, lookback {lookback}, standardized "
               f"test metrics, every window scored)")
-        print(f"| horizon |    MSE |    MAE | test windows | train s | params | best epoch |")
-        print(f"|--------:|-------:|-------:|-------------:|--------:|-------:|-----------:|")
+        print("| horizon |    MSE |    MAE | test windows | train s | params | best epoch |")
+        print("|--------:|-------:|-------:|-------------:|--------:|-------:|-----------:|")
         for h, mse, mae, n, secs, params, be in rows:
             print(f"| {h:7d} | {mse:.4f} | {mae:.4f} | {n:12d} | {secs:7.1f} | {params:6d} | {be:10d} |")
         print(f"\nwrote {metrics_path} and checkpoints, forecasts, plots in {out}/")

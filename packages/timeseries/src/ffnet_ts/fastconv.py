@@ -95,11 +95,11 @@ class PointwiseConv1d(nn.Conv1d):
         if not _fast(x):
             return super().forward(x)
         B, C, N = x.shape
-        G, O = self.groups, self.out_channels
+        G, C_out = self.groups, self.out_channels
         xc = x.transpose(0, 1).reshape(G, C // G, B * N)  # no copy when x is channel-major
-        w = self.weight.view(G, O // G, C // G)
-        y = torch.bmm(w, xc) if self.bias is None else torch.baddbmm(self.bias.view(G, O // G, 1), w, xc)
-        return y.view(O, B, N).transpose(0, 1)
+        w = self.weight.view(G, C_out // G, C // G)
+        y = torch.bmm(w, xc) if self.bias is None else torch.baddbmm(self.bias.view(G, C_out // G, 1), w, xc)
+        return y.view(C_out, B, N).transpose(0, 1)
 
 
 class LayoutBatchNorm1d(nn.BatchNorm1d):

@@ -33,8 +33,8 @@ import torch
 from ffnet.layers import MetaMixer, RepDWConv
 from torch import nn
 
-from .baselines import RevIN
 from . import fastconv
+from .baselines import RevIN
 from .fastconv import SEQUENCE_BACKEND, FastDropout, is_channel_major, swap_channel_groups, to_channel_major
 
 __all__ = ["FFNetTS", "create_model", "list_models", "dataset_defaults", "MODEL_VARIANTS"]
