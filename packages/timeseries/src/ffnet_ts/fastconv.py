@@ -69,6 +69,20 @@ def swap_channel_groups(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return x.reshape(B, a, b, N).transpose(1, 2).reshape(B, b * a, N)
 
 
+def _toeplitz(w: torch.Tensor, n: int) -> torch.Tensor:
+    """(C, k) kernels -> (C, n, n) matrices T[c, i, j] = w[c, j - i + k // 2] (0 outside the kernel).
+
+    Built from sliding windows of the zero-padded kernel (a view + one flip), whose backward is a cheap
+    overlap-add, instead of a gather/scatter.
+    """
+    k = w.shape[-1]
+    p = k // 2
+    left, right = max(0, n - 1 - p), max(0, p + n - k)
+    start = p + left - (n - 1)
+    windows = F.pad(w, (left, right)).unfold(-1, n, 1)  # (C, k + left + right - n + 1, n)
+    return windows[:, start:start + n].flip(1)  # row i = window start + n - 1 - i
+
+
 class ToeplitzDWConv1d(nn.Conv1d):
     """Depthwise, stride-1, 'same' Conv1d; on CPU computed as a Toeplitz bmm (stock conv elsewhere)."""
 
@@ -76,10 +90,7 @@ class ToeplitzDWConv1d(nn.Conv1d):
         k, n = self.kernel_size[0], x.shape[-1]
         if not _fast(x) or n > max(4 * k, 128):
             return super().forward(x)
-        offset = torch.arange(n, device=x.device)
-        idx = offset[None, :] - offset[:, None] + k // 2  # (N_out, N_in): the tap linking output i to input j
-        valid = (idx >= 0) & (idx < k)
-        toeplitz = self.weight[:, 0, :][:, idx.clamp(0, k - 1)] * valid.to(self.weight.dtype)  # (C, N, N)
+        toeplitz = _toeplitz(self.weight[:, 0, :], n)  # (C, N, N)
         xc = x.transpose(0, 1)  # (C, B, N)
         if self.bias is None:
             y = torch.bmm(xc, toeplitz.transpose(1, 2))
