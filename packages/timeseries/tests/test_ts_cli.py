@@ -141,3 +141,11 @@ def test_datasets_lists_the_registry(data_dir, monkeypatch, capsys):
     assert cli.main(["datasets"]) == 0
     text = capsys.readouterr().out
     assert "ETTh1" in text and "Traffic" in text and "not verified" in text
+
+
+def test_default_threads_use_only_idle_cores(monkeypatch):
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert cli._default_threads(2) == 2
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (7.5, 0.0, 0.0))
+    assert cli._default_threads(2) == 1
