@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_EPOCHS = 10
-DEFAULT_PATIENCE = 3
+DEFAULT_EPOCHS = 6
+DEFAULT_PATIENCE = 2
 DEFAULT_LR = 1e-4
 DEFAULT_BATCH = 128
 DEFAULT_SCHEDULE = "type3"
