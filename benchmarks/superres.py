@@ -141,6 +141,42 @@ def time_models(fns: dict, rounds: int, warmup: int = 1) -> dict:
                 "cpu_median_ms": 1e3 * statistics.median(cpu[k]), "rounds": rounds} for k in fns}
 
 
+# ----------------------------------------------------------------------------- training cost
+TRAIN_COST_MODELS = {
+    "ffnetsr_mini (ours)": {"type": "FFNetSR", "num_feat": 48, "num_block": 8, "mlp_ratio": 2.0},
+    "ffnetsr_light": {"type": "FFNetSR", "num_feat": 96, "num_block": 36, "mlp_ratio": 2.0},
+    "edsr_baseline": {"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 16, "res_scale": 1,
+                      "img_range": 255.0, "rgb_mean": [0.4488, 0.4371, 0.4040]},
+}
+
+
+def train_step_cost(steps: int = 3, batch: int = 16, lr_patch: int = 48, scale: int = 2) -> dict:
+    """CPU seconds (this thread) per training step of the x2 recipe: bf16 autocast, L1 + 0.02 FFT, Adam."""
+    from ffnet_sr.train import build_network, fft_l1
+
+    out = {}
+    for name, net in TRAIN_COST_MODELS.items():
+        torch.manual_seed(0)
+        m = build_network(net, scale).to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+        x = torch.rand(batch, 3, lr_patch, lr_patch).contiguous(memory_format=torch.channels_last)
+        y = torch.rand(batch, 3, lr_patch * scale, lr_patch * scale)
+        ts = []
+        for i in range(steps + 1):
+            c = time.thread_time()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                o = m(x)
+            loss = F.l1_loss(o.float(), y) + 0.02 * fft_l1(o.float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i:  # the first step pays one-off kernel setup
+                ts.append(time.thread_time() - c)
+        out[name] = {"cpu_s_per_step": sorted(ts)[len(ts) // 2], "batch": batch, "lr_patch": lr_patch}
+        print(name, out[name], flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- quality
 def quality(scales=(2, 3, 4), sets=("Set5", "Set14")) -> list[dict]:
     from ffnet_sr.evaluate import evaluate
@@ -179,6 +215,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--pause", type=int, nargs="*", default=[], help="PIDs to SIGSTOP while timing (own jobs)")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--train-cost-only", action="store_true", help="only measure CPU s per training step")
     ap.add_argument("--_mem", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._mem:
@@ -187,6 +224,9 @@ def main() -> None:
     os.environ.setdefault("FFNET_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.train_cost_only:
+        print(json.dumps(train_step_cost(), indent=1))
+        return
 
     eff = []
     load = {}
