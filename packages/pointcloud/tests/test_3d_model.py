@@ -36,7 +36,7 @@ def test_forward_backward(variant, batch, dev):
     out = model(batch["voxels"].to(dev), batch["coords"].to(dev), batch["batch_size"])
     h, w = model.out_size
     assert out["hm"].shape == (2, 3, h, w)
-    assert {k: v.shape[1] for k, v in out.items()} == {"hm": 3, "reg": 2, "height": 1, "dim": 3, "rot": 2}
+    assert {k: v.shape[1] for k, v in out.items()} == {"hm": 3, "reg": 2, "height": 1, "dim": 3, "rot": 2, "dir": 1}
     assert all(torch.isfinite(v).all() for v in out.values())
     loss, parts = centerpoint_loss(out, {k: v.to(dev) for k, v in batch["targets"].items()})
     loss.backward()
@@ -102,17 +102,17 @@ def test_targets_decode_roundtrip():
     # a perfect head: heatmap logits from the targets, regression maps holding the targets at the peaks
     hm = torch.from_numpy(t["hm"])[None]
     out = {"hm": torch.logit(hm.clamp(1e-4, 1 - 1e-4))}
-    reg = torch.zeros(1, 8, *hw)
+    reg = torch.zeros(1, 9, *hw)
     for k in range(3):
         iy, ix = divmod(int(t["ind"][k]), hw[1])
         reg[0, :, iy, ix] = torch.from_numpy(t["target"][k])
-    out.update(reg=reg[:, 0:2], height=reg[:, 2:3], dim=reg[:, 3:6], rot=reg[:, 6:8])
+    out.update(reg=reg[:, 0:2], height=reg[:, 2:3], dim=reg[:, 3:6], rot=reg[:, 6:8], dir=10 * (reg[:, 8:9] - 0.5))
     det = decode(out, pr, vs, stride, score_thresh=0.5)[0]
     assert len(det["boxes"]) == 3
     order = np.argsort(det["labels"].numpy())
     got = det["boxes"].double().numpy()[order]
     np.testing.assert_allclose(got[:, :6], boxes[:, :6], atol=1e-4)
-    np.testing.assert_allclose(np.cos(got[:, 6] - boxes[:, 6]), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.cos(got[:, 6] - boxes[:, 6]), 1.0, atol=1e-6)  # direction recovered too
     assert np.diag(bev_iou_numba(got, boxes)).min() > 0.999
 
 

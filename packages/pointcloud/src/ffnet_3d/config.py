@@ -85,6 +85,7 @@ class TrainConfig:
     max_objects: int = 128
     hm_weight: float = 1.0
     loc_weight: float = 0.25
+    dir_weight: float = 0.2
     gaussian_overlap: float = 0.1
     min_radius: int = 2
     log_every: int = 20

@@ -43,7 +43,7 @@ from .voxelize import grid_size
 __all__ = ["Detector", "build_detector", "SparseFFNetEncoder", "SecondEncoder", "FFNetNeck", "SecondNeck",
            "CenterHead", "OfficialSparseFFBlock", "count_parameters"]
 
-HEAD_CHANNELS = {"reg": 2, "height": 1, "dim": 3, "rot": 2}
+HEAD_CHANNELS = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "dir": 1}
 
 
 def _sparse_bn(c: int) -> SparseBatchNorm:
@@ -307,7 +307,8 @@ class CenterHead(nn.Module):
     """CenterPoint-style head: shared 3x3 conv, then per-task 3x3 -> 1x1 branches.
 
     Outputs (channels): ``hm`` (num_classes, logits), ``reg`` (2, sub-cell centre offset),
-    ``height`` (1, box centre z in metres), ``dim`` (3, log of l, w, h), ``rot`` (2, sin, cos yaw).
+    ``height`` (1, box centre z in metres), ``dim`` (3, log of l, w, h), ``rot`` (2, sin 2a, cos 2a
+    of the box axis a = yaw mod pi), ``dir`` (1, logit: yaw = a rather than a + pi).
     """
 
     def __init__(self, in_chs: int, num_classes: int, head_chs: int = 64, prior: float = 0.1):
@@ -361,6 +362,9 @@ class Detector(nn.Module):
         if self.encoder.stride % self.neck.upsample:
             raise ValueError("neck upsampling must divide the encoder stride")
         self.feature_map_stride = self.encoder.stride // self.neck.upsample
+        # reduction in voxels of the grid (timm's feature_info convention)
+        self.feature_info = [dict(num_chs=self.encoder.out_chs, reduction=self.encoder.stride, module="encoder"),
+                             dict(num_chs=self.neck.out_chs, reduction=self.feature_map_stride, module="neck")]
         self.out_size = (  # (H, W) of the head maps
             math.ceil(ny / self.encoder.stride) * self.neck.upsample,
             math.ceil(nx / self.encoder.stride) * self.neck.upsample,

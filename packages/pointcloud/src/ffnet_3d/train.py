@@ -167,7 +167,7 @@ def train(cfg: Config, data_dir, out_dir, *, resume=None, device: str | None = N
             targets = {k: v.to(dev) for k, v in batch["targets"].items()}
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 out = net(batch["voxels"].to(dev), batch["coords"].to(dev), batch["batch_size"])
-            loss, parts = centerpoint_loss(out, targets, t.hm_weight, t.loc_weight)
+            loss, parts = centerpoint_loss(out, targets, t.hm_weight, t.loc_weight, t.dir_weight)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -184,10 +184,11 @@ def train(cfg: Config, data_dir, out_dir, *, resume=None, device: str | None = N
             lr = opt.param_groups[0]["lr"]
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.3f}", hm=f"{parts['hm']:.3f}", loc=f"{parts['loc']:.3f}")
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", hm=f"{parts['hm']:.3f}", loc=f"{parts['loc']:.3f}",
+                                dir=f"{parts['dir']:.3f}")
             if step % t.log_every == 0 or step == total_steps:
                 _log(log_path, f"epoch {epoch + 1} step {step}/{total_steps} loss {parts['loss']:.4f} "
-                               f"hm {parts['hm']:.4f} loc {parts['loc']:.4f} gnorm {float(gnorm):.2f} lr {lr:.2e} "
+                               f"hm {parts['hm']:.4f} loc {parts['loc']:.4f} dir {parts['dir']:.4f} gnorm {float(gnorm):.2f} lr {lr:.2e} "
                                f"time {time.time() - t0:.0f}s", rank)
             if not math.isfinite(parts["loss"]):
                 raise FloatingPointError(f"non-finite loss at step {step}")
