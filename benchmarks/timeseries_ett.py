@@ -7,6 +7,8 @@ every test window, MSE/MAE in the standardized space). DLinear and PatchTST are 
 
     # the benchmark (JSON + markdown table to benchmarks/results/)
     nice -n 10 uv run python benchmarks/timeseries_ett.py --datasets ETTh1 --threads 1
+    # interleaved training-step timing (robust to load drift on a shared machine)
+    nice -n 10 uv run python benchmarks/timeseries_ett.py --speed 30 --threads 1
     # validation-only selection of each model's CPU training recipe (ETTh1, H=96, <= 6 epochs, patience 2)
     nice -n 10 uv run python benchmarks/timeseries_ett.py --select --epochs 6 --patience 2 --threads 1
 
@@ -90,6 +92,35 @@ def run_one(model_name: str, prep, model_args: dict, train_args: dict, *, epochs
     return out
 
 
+def speed(models: list[str], rounds: int, batch: int = 128) -> list[dict]:
+    """Median training-step time (forward + backward + Adam) per model, rounds interleaved across models so
+    that a change in machine load hits every model alike. ETTh1 shapes: lookback 96, horizon 96, 7 variables."""
+    nets, opts = {}, {}
+    for m in models:
+        model_args, train_args = RECIPES[m]("ETTh1", 96)
+        torch.manual_seed(0)
+        nets[m] = create_model(m, n_vars=7, lookback=96, horizon=96, **model_args).train()
+        opts[m] = torch.optim.Adam(nets[m].parameters(), lr=1e-4)
+    x, y = torch.randn(batch, 96, 7), torch.randn(batch, 96, 7)
+    times = {m: [] for m in models}
+    for r in range(rounds + 2):
+        for m in models:
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.mse_loss(nets[m](x), y)
+            opts[m].zero_grad()
+            loss.backward()
+            opts[m].step()
+            if r >= 2:  # warm-up rounds
+                times[m].append(time.perf_counter() - t0)
+    out = []
+    for m in models:
+        ts = sorted(times[m])
+        out.append({"model": m, "batch": batch, "median_step_ms": round(1000 * ts[len(ts) // 2], 1),
+                    "min_step_ms": round(1000 * ts[0], 1), "params": sum(p.numel() for p in nets[m].parameters()),
+                    "steps_per_etth1_epoch": 8449 // batch})
+    return out
+
+
 def _write(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -132,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--select", action="store_true", help="validation-only selection of the models' recipes")
+    p.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
+                   help="only measure interleaved training-step times (ETTh1 shapes, batch 128) for ROUNDS rounds")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -139,6 +172,13 @@ def main(argv=None) -> int:
     env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "command": " ".join(sys.argv)}
     started = time.time()
+
+    if args.speed:
+        rows = speed(args.models, args.speed)
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        _write(Path(args.out or RESULTS / "timeseries_speed.json"), {"env": env, "rows": rows})
+        return 0
 
     if args.select:
         prep = D.prepare(D.load("ETTh1"), 96, 96)
