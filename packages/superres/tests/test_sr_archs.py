@@ -102,3 +102,21 @@ def test_errors_and_variant_table():
     with pytest.raises(ValueError):
         FFNetSR(num_in_ch=1, num_out_ch=3)
     assert set(SMALL) <= set(VARIANTS)
+
+
+def test_mini_input_scale_keeps_gelus_nonlinear():
+    """Why ffnetsr_mini uses img_range=255: with [0, 1] inputs the default init keeps pre-GELU activations
+    tiny (GELU ~ linear there, and short CPU training stalled at a linear filter); x255 puts them in GELU's bend."""
+    def pre_gelu_std(model):
+        stds = []
+        hooks = [m.register_forward_hook(lambda mod, i, o: stds.append(i[0].std().item()))
+                 for m in model.modules() if isinstance(m, torch.nn.GELU)]
+        with torch.no_grad():
+            model(torch.rand(1, 3, 32, 32))
+        for h in hooks:
+            h.remove()
+        return sum(stds) / len(stds)
+
+    torch.manual_seed(0)
+    assert pre_gelu_std(create_model("ffnetsr_mini", 2)) > 1.0
+    assert pre_gelu_std(create_model("ffnetsr_mini", 2, img_range=1.0)) < 0.3
