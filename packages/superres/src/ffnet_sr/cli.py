@@ -176,7 +176,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _export(ckpt: str, out: str, key: str) -> None:
+def _export(ckpt: str, out: str, key: str, extra: dict | None = None) -> None:
     import torch
 
     from .train import build_network
@@ -187,13 +187,20 @@ def _export(ckpt: str, out: str, key: str) -> None:
     state = ck.get(key) or ck["params"]
     net.load_state_dict(state)
     save_weights(net, out, ck["network_g"], ck["scale"], iters=ck["iter"],
-                 train_hours=f"{ck.get('elapsed', 0) / 3600:.3f}", source=Path(ckpt).name, param_key=key)
+                 train_hours=f"{ck.get('elapsed', 0) / 3600:.3f}", source=Path(ckpt).name, param_key=key,
+                 **(extra or {}))
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     if not Path(a.checkpoint).is_file():
         raise CLIError(f"checkpoint '{a.checkpoint}' not found")
-    _export(a.checkpoint, a.output, a.key)
+    extra = {}
+    for item in a.meta:
+        if "=" not in item:
+            raise CLIError(f"--meta '{item}' must look like key=value")
+        k, v = item.split("=", 1)
+        extra[k] = v
+    _export(a.checkpoint, a.output, a.key, extra)
     print(a.output)
     return 0
 
@@ -301,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint")
     x.add_argument("output")
     x.add_argument("--key", default="params_ema", choices=["params_ema", "params"])
+    x.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata to store")
     x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list variants and shipped weights")
