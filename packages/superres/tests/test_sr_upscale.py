@@ -1,5 +1,7 @@
 """`ffnet-sr upscale`: exact tiling, image modes and bit depths, overwrite safety, bad input handling."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,9 @@ def test_overwrite_protection_and_force(tmp_path, tiny_weights, capsys):
     rc, err = _run([str(src), "--weights", str(tiny_weights), "--force"], capsys)
     assert rc == 0 and read_image(dst).color.shape == (32, 32, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_x2.png"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_bad_inputs_fail_one_line_each_and_batch_continues(tmp_path, tiny_weights, capsys):

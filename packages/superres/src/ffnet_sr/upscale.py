@@ -129,6 +129,9 @@ def write_image(path: str | os.PathLike, img: ImageData, force: bool = False) ->
             if "icc_profile" in img.info:
                 kw["icc_profile"] = img.info["icc_profile"]
             im.save(tmp, **kw)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the output the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
