@@ -178,7 +178,7 @@ def train_step_cost(steps: int = 3, batch: int = 16, lr_patch: int = 48, scale: 
 
 
 # ----------------------------------------------------------------------------- quality
-def quality(scales=(2, 3, 4), sets=("Set5", "Set14")) -> list[dict]:
+def quality(same_budget=None, scales=(2, 3, 4), sets=("Set5", "Set14")) -> list[dict]:
     from ffnet_sr.evaluate import evaluate
     from ffnet_sr.weights import load_model, pretrained_path, read_metadata
 
@@ -198,7 +198,7 @@ def quality(scales=(2, 3, 4), sets=("Set5", "Set14")) -> list[dict]:
         m, _ = load_model(w)
         md = read_metadata(w)
         add("ffnetsr_mini (ours, shipped)", m, scale, {"iters": md.get("iters"), "train_hours": md.get("train_hours")})
-    for w in sorted(SAME_BUDGET_DIR.glob("*.safetensors")):
+    for w in same_budget if same_budget is not None else sorted(SAME_BUDGET_DIR.glob("*.safetensors")):
         m, scale = load_model(w)
         md = read_metadata(w)
         add(f"same budget: {w.stem}", m, scale, {"iters": md.get("iters"), "train_hours": md.get("train_hours"),
@@ -215,6 +215,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--pause", type=int, nargs="*", default=[], help="PIDs to SIGSTOP while timing (own jobs)")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--same-budget", type=Path, nargs="*", default=None,
+                    help=f"same-budget weight files to score (default: {SAME_BUDGET_DIR.name}/*.safetensors)")
     ap.add_argument("--train-cost-only", action="store_true", help="only measure CPU s per training step")
     ap.add_argument("--_mem", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -261,7 +263,7 @@ def main() -> None:
             except ProcessLookupError:
                 pass
 
-    qual = [] if args.skip_quality else quality()
+    qual = [] if args.skip_quality else quality(args.same_budget)
     env = environment()
     payload = {"environment": env, "threads": args.threads, "paused_pids": args.pause, **load,
                "efficiency": eff, "quality": qual}
