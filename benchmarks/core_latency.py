@@ -4,7 +4,7 @@ Batch 1 at 256x256, channels_last, eval, torch.inference_mode, random weights; m
 rounds (all models timed round-robin in one run). fastvit_sa12 is timed re-parameterized too (its
 deploy form), so FFNet's fused form meets a fused peer.
 
-    uv run python benchmarks/core_latency.py [--rounds 30] [--threads N]
+    uv run python benchmarks/core_latency.py [--rounds 30] [--threads N] [--name STEM]
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--img-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--name", default="core_latency", help="results file stem in benchmarks/results/")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,7 +68,7 @@ def main() -> None:
               f"{r['speed_vs_convnext_tiny']:.2f}x |" for r in rows]
     lines += ["", "Fusion speed-up (unfused / fused median): " +
               ", ".join(f"{k} {v:.2f}x" for k, v in fusion.items()), ""]
-    save("core_latency", dict(env=env, img_size=res, rounds=args.rounds, rows=rows, fusion_speedup=fusion),
+    save(args.name, dict(env=env, img_size=res, rounds=args.rounds, rows=rows, fusion_speedup=fusion),
          "\n".join(lines))
 
 
