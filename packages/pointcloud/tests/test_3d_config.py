@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from ffnet_3d.config import get_preset, load_config, save_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "synth_cpu_example.yaml"

@@ -17,7 +17,6 @@ Formats:
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,21 +50,10 @@ class PointCloudError(ValueError):
 
 # ------------------------------------------------------------------------------------ writing
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write to a temp file in the same directory, then rename over ``path`` (core's helper)."""
+    from ffnet.fileio import atomic_write_bytes as write
+
+    write(path, data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -83,16 +83,13 @@ def bev_png(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    from ffnet.fileio import atomic_output
+
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_output(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -154,7 +151,6 @@ def render_open3d(path: str | os.PathLike, points: np.ndarray, pred_boxes=None, 
 
 
 def _copy(src: str, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".png")
-    with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
-        f.write(s.read())
-    os.replace(tmp, dst)
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(dst, Path(src).read_bytes())

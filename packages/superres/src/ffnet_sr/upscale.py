@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ffnet.fileio import atomic_output
 from PIL import Image, ImageOps
 
 Image.MAX_IMAGE_PIXELS = 400_000_000  # large photos are legitimate inputs here; memory is bounded by tiling
@@ -105,10 +105,7 @@ def write_image(path: str | os.PathLike, img: ImageData, force: bool = False) ->
     is16 = img.color.dtype == np.uint16
     if ext in (".jpg", ".jpeg") and img.alpha is not None:
         raise ImageError("JPEG cannot store an alpha channel; write .png instead")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=ext) as tmp:
         gray = img.color.shape[2] == 1
         if is16 and ext == ".png" and not (gray and img.alpha is None):
             import cv2  # 16-bit RGB(A) / gray+alpha PNG: Pillow cannot write these
@@ -129,13 +126,6 @@ def write_image(path: str | os.PathLike, img: ImageData, force: bool = False) ->
             if "icc_profile" in img.info:
                 kw["icc_profile"] = img.info["icc_profile"]
             im.save(tmp, **kw)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the output the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _tiles(n: int, tile: int) -> list[tuple[int, int]]:

@@ -90,6 +90,7 @@ def _model_args(args, name: str, prep, defaults: dict) -> dict:
 def cmd_forecast(args) -> int:
     import numpy as np
     import torch
+    from ffnet.fileio import atomic_write_bytes
 
     from . import data as D
     from . import train as T
@@ -160,12 +161,12 @@ def cmd_forecast(args) -> int:
             np.savez_compressed(buf, predictions=test["predictions"].astype(np.float32), target_start_ns=target_dates,
                                 columns=np.array([prep.columns[i] for i in prep.out_idx]),
                                 mean=prep.mean[prep.out_idx], std=prep.std[prep.out_idx])
-            T._write_bytes_atomic(out / f"forecasts_H{h}.npz", buf.getvalue())
+            atomic_write_bytes(out / f"forecasts_H{h}.npz", buf.getvalue())
             from .plot import plot_windows
 
             plot_windows(out / f"forecast_H{h}.png", prep, test["predictions"],
                          title=f"{args.model} on {series.name}, L={lookback}, H={h}: test MSE {test['mse']:.3f}")
-            T._write_bytes_atomic(metrics_path, (json.dumps(metrics, indent=2) + "\n").encode())
+            atomic_write_bytes(metrics_path, (json.dumps(metrics, indent=2) + "\n").encode())
     if info.master:
         print(f"\n{args.model} on {series.name} (features {args.features}, lookback {lookback}, standardized "
               f"test metrics, every window scored)")
@@ -186,6 +187,7 @@ def cmd_predict(args) -> int:
     import numpy as np
     import pandas as pd
     import torch
+    from ffnet.fileio import atomic_write_bytes
 
     from . import data as D
     from . import train as T
@@ -221,7 +223,7 @@ def cmd_predict(args) -> int:
     frame.insert(0, "date", dates)
     text = frame.to_csv(index=False, float_format="%.6g")
     if args.out:
-        T._write_bytes_atomic(Path(args.out), text.encode())
+        atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {H} forecast steps ({dates[0]} .. {dates[-1]}) to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

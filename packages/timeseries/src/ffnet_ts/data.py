@@ -19,7 +19,6 @@ import hashlib
 import io
 import os
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -185,16 +184,9 @@ def _decode(info: DatasetInfo, raw: bytes) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ffnet.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def fetch(info: DatasetInfo, *, download: bool = True) -> Path:

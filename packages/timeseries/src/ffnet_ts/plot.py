@@ -14,8 +14,7 @@ def plot_windows(path: str | Path, prep, predictions: np.ndarray, *, n_windows: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .train import _write_bytes_atomic
+    from ffnet.fileio import atomic_write_bytes
 
     target = prep.columns.index(prep.series.target)
     score_col = prep.out_idx.index(target) if target in prep.out_idx else len(prep.out_idx) - 1
@@ -43,4 +42,4 @@ def plot_windows(path: str | Path, prep, predictions: np.ndarray, *, n_windows: 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _write_bytes_atomic(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue())
