@@ -138,7 +138,9 @@ def test_ddp_torchrun_two_cpu_processes(hr_folder, tmp_path):
     assert "world=2" in log and "batch=2x2" in log and "done: 4 iters" in log
     ck = torch.load(tmp_path / "ddp" / "ckpt_last.pt", weights_only=False)
     assert len(ck["generator"]) == 2  # both ranks' sampler states, for exact resume
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1, lines  # one summary: rank 1 does not print (nor export)
+    summary = json.loads(lines[0])
     assert summary["iters"] == 4
 
 

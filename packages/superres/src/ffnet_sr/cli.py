@@ -170,6 +170,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg["path"]["experiments_root"] = a.out
     res = train(cfg, resume=a.resume, device=None if a.device in (None, "auto") else _device(a.device),
                 progress=not a.quiet, until=a.until)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 exports and reports
+        return 0
     if a.export:
         _export(res["checkpoint"], a.export, "params_ema")
     print(json.dumps({k: v for k, v in res.items() if k != "history"}))
