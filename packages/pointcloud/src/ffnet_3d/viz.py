@@ -145,12 +145,7 @@ def render_open3d(path: str | os.PathLike, points: np.ndarray, pred_boxes=None, 
             return False
         if res.returncode != 0 or not os.path.isfile(tmp_png):
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_png, path) if os.path.dirname(tmp_png) == str(path.parent) else _copy(tmp_png, path)
+        from ffnet.fileio import atomic_write_bytes
+
+        atomic_write_bytes(path, Path(tmp_png).read_bytes())  # the render lives in a temp dir: copy, then rename
     return True
-
-
-def _copy(src: str, dst: Path) -> None:
-    from .io import atomic_write_bytes
-
-    atomic_write_bytes(dst, Path(src).read_bytes())

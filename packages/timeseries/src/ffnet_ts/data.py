@@ -183,12 +183,6 @@ def _decode(info: DatasetInfo, raw: bytes) -> bytes:
     return raw
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    from ffnet.fileio import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
 def fetch(info: DatasetInfo, *, download: bool = True) -> Path:
     """Path to a registered dataset's CSV: ``$FFNET_DATA_DIR``, then the cache, then a checked download.
 
@@ -208,6 +202,8 @@ def fetch(info: DatasetInfo, *, download: bool = True) -> Path:
             return path
     if not download:
         raise DataError(f"{info.name}: {info.filename} not found in {DATA_DIR_ENV} or {cache_dir()}")
+    from ffnet.fileio import atomic_write_bytes  # lazy: `import ffnet` pulls timm, not needed to read data
+
     raw = _download_bytes(info.url, desc=info.filename)
     if info.md5 is not None and hashlib.md5(raw).hexdigest() != info.md5:
         raise DataError(f"{info.name}: md5 mismatch for {info.url} (expected {info.md5}); refusing to use it")
@@ -218,8 +214,8 @@ def fetch(info: DatasetInfo, *, download: bool = True) -> Path:
     if info.sha256 is None:
         print(f"warning: {info.name}: no verified sha256 is pinned for this dataset; recorded {digest} "
               f"(trust on first use)", file=sys.stderr)
-        _write_atomic(cached.with_name(cached.name + ".sha256"), (digest + "\n").encode())
-    _write_atomic(cached, data)
+        atomic_write_bytes(cached.with_name(cached.name + ".sha256"), (digest + "\n").encode())
+    atomic_write_bytes(cached, data)
     return cached
 
 
