@@ -345,11 +345,18 @@ def _patchtst(**kw):
     return PatchTST(**kw)
 
 
+def _itransformer(**kw):
+    from .baselines import ITransformer
+
+    return ITransformer(**kw)
+
+
 _FACTORIES = {
     "ffnet_ts": lambda **kw: FFNetTS(**{**MODEL_VARIANTS["ffnet_ts"], **kw}),
     "ffnet_ts_tiny": lambda **kw: FFNetTS(**{**MODEL_VARIANTS["ffnet_ts_tiny"], **kw}),
     "dlinear": _dlinear,
     "patchtst": _patchtst,
+    "itransformer": _itransformer,
 }
 
 
