@@ -75,6 +75,10 @@ def test_resume_via_cli(small_csv, tmp_path):
     (["--data", "{small}", "--epochs", "0"], "--epochs"),
     (["--data", "{small}", "--model", "nope"], "unknown --model"),
     (["--data", "{small}", "--resume"], "--resume"),
+    (["--data", "{small}", "--time-budget", "0"], "--time-budget"),
+    (["--data", "{small}", "--tune", "-2"], "--tune"),
+    (["--data", "{small}", "--tune", "--model", "dlinear"], "--tune"),
+    (["--data", "{small}", "--tune", "2", "--time-budget", "3"], "budget once"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(small_csv, tmp_path, capsys, argv, message):
     bad = tmp_path / "bad.csv"
@@ -100,8 +104,69 @@ def test_help_states_the_default_budget(capsys):
     with pytest.raises(SystemExit):
         cli.main(["forecast", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"at most {cli.DEFAULT_EPOCHS} epochs with patience {cli.DEFAULT_PATIENCE}" in text
-    assert "10 minutes" in text
+    assert f"time-based, {cli.DEFAULT_TIME_BUDGET:g} minutes of training" in text
+    assert "about 10 minutes wall for the whole default run on 2 CPU cores" in text
+    assert f"patience {cli.DEFAULT_PATIENCE}" in text and f"at most {cli.DEFAULT_MAX_EPOCHS} epochs" in text
+    assert "--time-budget" in text and "--tune" in text
+
+
+def _synthetic_csv(path, rows=400, seed=0):
+    """Three noisy sinusoids, daily: small enough that the default budget is never the limit."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)
+    df = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=rows, freq="D")})
+    for i, period in enumerate((7, 10, 12)):
+        df[f"v{i}"] = np.sin(2 * np.pi * t / period) + 0.3 * rng.standard_normal(rows)
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_default_budget_trains_until_early_stopping(tmp_path, capsys):
+    csv = _synthetic_csv(tmp_path / "syn.csv")
+    out = tmp_path / "run"
+    # no --epochs / --time-budget: the default (time-based) budget; the tiny variant keeps the test fast
+    assert cli.main(["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", "48", "--horizon",
+                     "24", "--no-progress", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["budget"] == {"epoch_cap": cli.DEFAULT_MAX_EPOCHS, "time_budget_s": cli.DEFAULT_TIME_BUDGET * 60,
+                                 "tuned": False}
+    m = metrics["horizons"]["24"]
+    assert m["stop_reason"] == "early_stopping" and m["stopped_early"]
+    assert m["epochs_run"] == m["best_epoch"] + cli.DEFAULT_PATIENCE < cli.DEFAULT_MAX_EPOCHS
+    assert m["train_config"]["time_budget"] == cli.DEFAULT_TIME_BUDGET * 60
+    assert "early stopping" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, budget", [
+    ([], (cli.DEFAULT_MAX_EPOCHS, cli.DEFAULT_TIME_BUDGET * 60)),
+    (["--epochs", "100"], (100, None)),  # a fixed recipe runs in full
+    (["--time-budget", "2"], (cli.DEFAULT_MAX_EPOCHS, 120.0)),
+    (["--time-budget", "2", "--epochs", "5"], (5, 120.0)),  # --epochs caps the time budget
+    (["--tune"], (cli.DEFAULT_MAX_EPOCHS, cli.DEFAULT_TIME_BUDGET * 60)),
+    (["--tune", "3"], (cli.DEFAULT_MAX_EPOCHS, 180.0)),
+    (["--tune", "--epochs", "20"], (20, cli.DEFAULT_TIME_BUDGET * 60)),
+])
+def test_budget_resolution(argv, budget):
+    args = cli.build_parser().parse_args(["forecast", "--data", "x", *argv])
+    assert cli._budget(args) == budget
+
+
+def test_time_budget_is_shared_by_the_horizons(small_csv, tmp_path, monkeypatch):
+    from ffnet_ts import train as T
+
+    budgets, real = [], T.fit
+
+    def spy(model, prep, cfg, **kw):
+        budgets.append(cfg.time_budget)
+        res = real(model, prep, cfg, **kw)
+        res.train_seconds = 10.0  # pretend every horizon trained for 10 s
+        return res
+
+    monkeypatch.setattr(T, "fit", spy)
+    assert cli.main(["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", "48",
+                     "--horizon", "12,24,36", "--time-budget", "1", "--epochs", "1", "--no-progress",
+                     "--out", str(tmp_path / "r")]) == 0
+    assert budgets == pytest.approx([20.0, 25.0, 40.0])  # 60/3, then (60-10)/2, then (60-20)/1
 
 
 def test_predict_forecasts_past_the_last_timestamp(small_csv, tmp_path, capsys):

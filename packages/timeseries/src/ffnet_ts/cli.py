@@ -18,12 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_EPOCHS = 6
-DEFAULT_PATIENCE = 2
+DEFAULT_TIME_BUDGET = 9.0  # minutes of training + validation; the rest of the ~10 min default run is I/O and test
+DEFAULT_MAX_EPOCHS = 100  # the reference recipe's cap: with a time budget it is only a ceiling
+DEFAULT_PATIENCE = 3
 DEFAULT_LR = 1e-4
 DEFAULT_BATCH = 128
 DEFAULT_SCHEDULE = "type3"
-OUTPUT_PATTERNS = ("metrics.json", "checkpoint_H*.pt", "resume_H*.pt", "forecasts_H*.npz", "forecast_H*.png")
+OUTPUT_PATTERNS = ("metrics.json", "checkpoint_H*.pt", "resume_H*.pt", "forecasts_H*.npz", "forecast_H*.png",
+                   "tune_H*")
 
 
 class UsageError(ValueError):
@@ -87,13 +89,33 @@ def _model_args(args, name: str, prep, defaults: dict) -> dict:
     return kw
 
 
+def _budget(args) -> tuple[int, float | None]:
+    """(epoch cap, training seconds for all horizons together or None).
+
+    No flag: the time budget (DEFAULT_TIME_BUDGET) with DEFAULT_MAX_EPOCHS as a ceiling. ``--epochs N`` alone
+    keeps the epoch-count semantics of fixed recipes (no time limit), so ``--epochs 100 --patience 20 ...``
+    still runs the reference recipe in full. ``--time-budget`` (or ``--tune MINUTES``) sets the time, and
+    ``--epochs`` then caps it.
+    """
+    tune_minutes = args.tune if args.tune is not None and args.tune > 0 else None
+    if tune_minutes is not None and args.time_budget is not None:
+        raise UsageError("give the budget once: --tune MINUTES or --time-budget MINUTES")
+    minutes = args.time_budget if args.time_budget is not None else tune_minutes
+    if minutes is None and (args.epochs is None or args.tune is not None):
+        minutes = DEFAULT_TIME_BUDGET
+    cap = args.epochs or DEFAULT_MAX_EPOCHS
+    return cap, None if minutes is None else minutes * 60.0
+
+
 def cmd_forecast(args) -> int:
     import numpy as np
     import torch
     from ffnet.fileio import atomic_write_bytes
 
     from . import data as D
+    from . import reference as R
     from . import train as T
+    from . import tune as TU
     from .model import create_model, dataset_defaults, list_models
 
     if args.model not in list_models():
@@ -102,8 +124,17 @@ def cmd_forecast(args) -> int:
                     ("--threads", args.threads), ("--batch-size", args.batch_size)):
         if v is not None and v < 1:
             raise UsageError(f"{name} must be positive (got {v})")
+    for name, v in (("--time-budget", args.time_budget), ("--tune", args.tune)):
+        if v is not None and v <= 0 and not (name == "--tune" and v == TUNE_DEFAULT):
+            raise UsageError(f"{name} must be a positive number of minutes (got {v:g})")
+    tuning = args.tune is not None
+    if tuning and not args.model.startswith("ffnet_ts"):
+        raise UsageError(f"--tune searches FFNet-TS settings; it does not apply to --model {args.model}")
+    cap, budget_s = _budget(args)
     torch.set_num_threads(args.threads or _default_threads(torch.get_num_threads()))
     info, device = T.setup_distributed(args.device)  # validates --device before anything is read or written
+    if tuning and info.world > 1:
+        raise UsageError("--tune runs in one process; launch it without torchrun")
 
     series = D.load(args.data, target=args.target, irregular_ok=args.allow_irregular)
     reg = series.info
@@ -116,44 +147,78 @@ def cmd_forecast(args) -> int:
         raise UsageError(f"{out} already holds results ({existing[0].name}, ...); pass --force to overwrite, "
                          f"--resume to continue, or --out DIR")
     if args.resume:
-        missing = [h for h in horizons if not (out / f"resume_H{h}.pt").is_file()]
+        missing = [h for h in horizons if not ((out / f"resume_H{h}.pt").is_file()
+                                              or (out / f"tune_H{h}" / TU.STATE_FILE).is_file())]
         if len(missing) == len(horizons):
-            raise UsageError(f"--resume: no resume_H*.pt for horizon(s) {','.join(map(str, missing))} in {out}")
+            raise UsageError(f"--resume: no resume_H*.pt or tune_H*/{TU.STATE_FILE} for horizon(s) "
+                             f"{','.join(map(str, missing))} in {out}")
+    if not reg and not tuning and info.master:
+        d = dataset_defaults(None, horizons[0])
+        print(f"note: {series.name} has no per-dataset defaults; using generic ones (ffn_ratio {d['ffn_ratio']}, "
+              f"dropout {d['dropout']}, head_dropout {d['head_dropout']}); --tune [MINUTES] searches them on "
+              f"validation", file=sys.stderr)
 
     metrics_path = out / "metrics.json"
     metrics = {"data": series.name, "source": series.source, "features": args.features, "target": series.target,
                "lookback": lookback, "model": args.model, "device": str(device), "world_size": info.world,
-               "command": "ffnet-ts " + " ".join(sys.argv[1:]), "horizons": {}}
+               "command": "ffnet-ts " + " ".join(sys.argv[1:]),
+               "budget": {"epoch_cap": cap, "time_budget_s": budget_s, "tuned": tuning}, "horizons": {}}
     if args.resume and metrics_path.is_file():
         metrics["horizons"] = json.loads(metrics_path.read_text()).get("horizons", {})
-    rows = []
-    for h in horizons:
+    rows, searches = [], []
+    spent = 0.0
+    for i, h in enumerate(horizons):
         prep = preps[h]
-        d = dataset_defaults(series.name if reg else None, h)
-        cfg = T.TrainConfig(
-            epochs=args.epochs, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
-            lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=args.seed, device=str(device),
-            amp=not args.no_amp, progress=not args.no_progress)
+        # what is left of the budget, shared equally by the horizons still to run (an early stop passes its
+        # unused time on to the longer horizons)
+        share = None if budget_s is None else max(budget_s - spent, 1.0) / (len(horizons) - i)
         torch.manual_seed(args.seed)
-        margs = _model_args(args, args.model, prep, d)
-        model = create_model(args.model, **margs)
-        meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(prep)}
-        resume = args.resume and (out / f"resume_H{h}.pt").is_file()
-        res = T.fit(model, prep, cfg, meta=meta, best_path=out / f"checkpoint_H{h}.pt",
-                    last_path=out / f"resume_H{h}.pt", resume=resume, desc=f"{series.name} H={h}")
+        search = None
+        if tuning:
+            search = _tune_horizon(args, prep, out, h, share, cap, device)
+            model, margs, res, cfg = search.model, search.model_args, search.fit, search.train_config
+            atomic_write_bytes(out / f"checkpoint_H{h}.pt",
+                               (out / f"tune_H{h}" / f"cand{search.candidate:02d}_best.pt").read_bytes())
+            spent += search.state["elapsed_s"]
+        else:
+            d = dataset_defaults(series.name if reg else None, h)
+            cfg = T.TrainConfig(
+                epochs=cap, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
+                lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=args.seed, device=str(device),
+                amp=not args.no_amp, progress=not args.no_progress, time_budget=share)
+            margs = _model_args(args, args.model, prep, d)
+            model = create_model(args.model, **margs)
+            meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(prep)}
+            resume = args.resume and (out / f"resume_H{h}.pt").is_file()
+            res = T.fit(model, prep, cfg, meta=meta, best_path=out / f"checkpoint_H{h}.pt",
+                        last_path=out / f"resume_H{h}.pt", resume=resume, desc=f"{series.name} H={h}")
+            spent += res.train_seconds
+        # the test split is scored here, once, after training (and any search) has finished
         test = T.evaluate(model, prep, "test", batch_size=cfg.eval_batch_size, device=device,
                           return_predictions=True)
+        ref = R.reference_metrics(prep, "test") if info.master else None
         params = sum(p.numel() for p in model.parameters())
-        metrics["horizons"][str(h)] = {
+        entry = {
             "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"],
             "val_windows": prep.windows("val"), "train_windows": prep.windows("train"),
             "train_seconds": round(res.train_seconds, 2), "params": params, "best_epoch": res.best_epoch,
-            "epochs_run": res.epochs_run, "stopped_early": res.stopped_early, "best_val_mse": res.best_val_mse,
+            "epochs_run": res.epochs_run, "stopped_early": res.stopped_early, "stop_reason": res.stop_reason,
+            "best_val_mse": res.best_val_mse,
             "train_config": {k: getattr(cfg, k) for k in ("epochs", "patience", "batch_size", "lr", "lr_schedule",
-                                                          "seed")},
+                                                          "seed", "time_budget", "epoch_windows", "val_stride")},
             "model_args": margs,
         }
-        rows.append((h, test["mse"], test["mae"], test["windows"], res.train_seconds, params, res.best_epoch))
+        if ref is not None:
+            entry["skill_vs_naive"] = R.skill(test["mse"], ref["naive"]["mse"])
+            entry["reference"] = ref
+        if search is not None:
+            st = search.state
+            entry["tune"] = {"chosen": search.config, "candidate": search.candidate, "budget_s": share,
+                             "elapsed_s": round(st["elapsed_s"], 1), "budget_exhausted": st["budget_exhausted"],
+                             "plan": st["plan"], "calibration": st["calibration"], "table": search.table}
+            searches.append((h, search))
+        metrics["horizons"][str(h)] = entry
+        rows.append((h, entry))
         if info.master:
             first = prep.borders["test"][0] + prep.lookback
             target_dates = series.dates[first:first + test["windows"]].asi8
@@ -168,14 +233,84 @@ def cmd_forecast(args) -> int:
                          title=f"{args.model} on {series.name}, L={lookback}, H={h}: test MSE {test['mse']:.3f}")
             atomic_write_bytes(metrics_path, (json.dumps(metrics, indent=2) + "\n").encode())
     if info.master:
-        print(f"\n{args.model} on {series.name} (features {args.features}, lookback {lookback}, standardized "
-              f"test metrics, every window scored)")
-        print("| horizon |    MSE |    MAE | test windows | train s | params | best epoch |")
-        print("|--------:|-------:|-------:|-------------:|--------:|-------:|-----------:|")
-        for h, mse, mae, n, secs, params, be in rows:
-            print(f"| {h:7d} | {mse:.4f} | {mae:.4f} | {n:12d} | {secs:7.1f} | {params:6d} | {be:10d} |")
+        for h, s in searches:
+            print(f"\n{args.model} settings searched on validation only for H={h} ({len(s.table)} configurations, "
+                  f"{s.state['elapsed_s']:.0f}s): chose #{s.candidate}")
+            print(_search_table(s.table))
+        budget_text = (f"time budget {budget_s / 60:g} min, " if budget_s is not None else "") + f"epoch cap {cap}"
+        print(f"\n{args.model} on {series.name} (features {args.features}, lookback {lookback}, {budget_text}; "
+              f"standardized test metrics, every window scored; reference rows on the same windows)")
+        print(_forecast_table(args.model, rows))
         print(f"\nwrote {metrics_path} and checkpoints, forecasts, plots in {out}/")
     return 0
+
+
+TUNE_DEFAULT = -1.0  # `--tune` without minutes: use --time-budget or the default budget
+
+
+def _tune_horizon(args, prep, out: Path, h: int, share: float, cap: int, device):
+    import shutil
+
+    from . import train as T
+    from . import tune as TU
+    from .model import create_model, dataset_defaults
+
+    d = dataset_defaults(None, h)  # never the registry's recipe: tuning treats every dataset as new
+    base = {"ffn_ratio": d["ffn_ratio"], "dropout": d["dropout"], "head_dropout": d["head_dropout"],
+            "lr": DEFAULT_LR, "batch_size": DEFAULT_BATCH}
+    space = dict(TU.SEARCH_SPACE)
+    for key, value in (("dropout", args.dropout), ("lr", args.lr), ("batch_size", args.batch_size)):
+        if value is not None:  # an explicit flag pins that setting
+            space[key], base[key] = (value,), value
+    tdir = out / f"tune_H{h}"
+    resume = bool(args.resume and (tdir / TU.STATE_FILE).is_file())
+    if not resume and tdir.exists():
+        shutil.rmtree(tdir)  # only reached with --force (checked before anything is written)
+
+    def build(config):
+        margs = {"n_vars": prep.n_vars, "lookback": prep.lookback, "horizon": prep.horizon,
+                 "ffn_ratio": config["ffn_ratio"], "dropout": config["dropout"],
+                 "head_dropout": config["head_dropout"]}
+        return create_model(args.model, **margs), margs
+
+    base_cfg = T.TrainConfig(epochs=cap, patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed,
+                             device=str(device), amp=not args.no_amp, progress=False)
+    return TU.tune(TU.search_view(prep), build, base, base_cfg, budget_s=share, out_dir=tdir,
+                   model_name=args.model, data_meta=_data_meta(prep), space=space, seed=args.seed,
+                   max_epochs=cap, resume=resume)
+
+
+def _forecast_table(model: str, rows: list) -> str:
+    lines = ["| horizon | model | MSE | MAE | skill vs naive | test windows | train s | params | epochs (best) | "
+             "stopped by |",
+             "|--------:|:------|-------:|-------:|------:|------:|------:|------:|------:|:------|"]
+    for h, e in rows:
+        lines.append(f"| {h:7d} | {model} | {e['mse']:.4f} | {e['mae']:.4f} | {e.get('skill_vs_naive', float('nan')):+.3f} "
+                     f"| {e['test_windows']} | {e['train_seconds']:.1f} | {e['params']} | "
+                     f"{e['epochs_run']} ({e['best_epoch']}) | {e['stop_reason'].replace('_', ' ')} |")
+        ref = e.get("reference")
+        if ref:
+            n, li = ref["naive"], ref["linear"]
+            lines.append(f"| {h:7d} | naive (repeat last value) | {n['mse']:.4f} | {n['mae']:.4f} | +0.000 | "
+                         f"{n['windows']} | - | 0 | - | - |")
+            lines.append(f"| {h:7d} | linear (closed form, ridge alpha {li['ridge_alpha']:g}) | {li['mse']:.4f} | "
+                         f"{li['mae']:.4f} | {li['skill_vs_naive']:+.3f} | {li['windows']} | - | {li['params']} | "
+                         f"- | - |")
+    return "\n".join(lines)
+
+
+def _search_table(table: list[dict]) -> str:
+    rungs = sorted({k[len("val_mse_"):] for r in table for k in r if k.startswith("val_mse_")},
+                   key=lambda k: (k == "final", k))
+    head = "| # | ffn_ratio | dropout | head_dropout | lr | batch | " + " | ".join(
+        f"val MSE {'rung ' + k if k != 'final' else 'final'}" for k in rungs) + " | epochs | train s | |"
+    lines = [head, "|" + "---:|" * (6 + len(rungs) + 2) + "---|"]
+    for r in table:
+        vals = " | ".join(f"{r[f'val_mse_{k}']:.4f}" if f"val_mse_{k}" in r else "-" for k in rungs)
+        lines.append(f"| {r['id']} | {r['ffn_ratio']} | {r['dropout']:g} | {r['head_dropout']:g} | {r['lr']:g} | "
+                     f"{r['batch_size']} | {vals} | {r['epochs']} | {r['seconds']:.1f} | "
+                     f"{'**chosen**' if r['chosen'] else ''} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,12 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
         "forecast", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="train, evaluate on the standard protocol, write metrics/checkpoints/forecasts/plots",
         description="Train FFNet-TS (or a baseline) with early stopping on validation MSE and score every test "
-                    "window of the standard protocol. Default budget: at most "
-                    f"{DEFAULT_EPOCHS} epochs with patience {DEFAULT_PATIENCE}, batch {DEFAULT_BATCH}, lr "
-                    f"{DEFAULT_LR:g} ({DEFAULT_SCHEDULE} schedule), chosen so that the default run "
-                    "(ETTh1, horizon 96) finishes in under ~10 minutes on 2 CPU cores. The reference recipe "
+                    "window of the standard protocol; the table also shows two reference forecasts on the same "
+                    "windows (naive: repeat the last value; a closed-form linear map fitted on train). Default "
+                    f"budget: time-based, {DEFAULT_TIME_BUDGET:g} minutes of training (about 10 minutes wall "
+                    "for the whole default run on 2 CPU cores), shared by the horizons, with early stopping "
+                    f"(patience {DEFAULT_PATIENCE}) and at most {DEFAULT_MAX_EPOCHS} epochs: small datasets "
+                    "train until validation stops improving, large ones stop in time. --time-budget changes "
+                    "the minutes; --epochs N alone trains up to N epochs without a time limit (fixed recipes), "
+                    "and caps the time budget when both are given. Batch "
+                    f"{DEFAULT_BATCH}, lr {DEFAULT_LR:g} ({DEFAULT_SCHEDULE} schedule). The reference recipe "
                     "(100 epochs, patience 20, batch 512, lr 1e-4, 'official' schedule) is one flag set away: "
-                    "--epochs 100 --patience 20 --batch-size 512 --lr 1e-4 --lr-schedule official.")
+                    "--epochs 100 --patience 20 --batch-size 512 --lr 1e-4 --lr-schedule official. "
+                    "--tune [MINUTES] searches ffn_ratio, dropout, head_dropout, lr and batch size on the "
+                    "validation split (successive halving, seeded, resumable) before the test split is scored "
+                    "once; it is opt-in, also for CSVs without registry defaults (see the README).")
     f.add_argument("--data", required=True, help="registry name (ETTh1, ETTh2, ETTm1, ETTm2, Weather, ECL, Traffic, "
                    "Exchange, ILI) or a CSV path with a date column and numeric columns")
     f.add_argument("--horizon", default="96", help="96, 192, 336, 720 (comma-separated) or 'all'")
@@ -280,7 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="M: all->all; S: target->target; MS: all->target")
     f.add_argument("--target", default=None, help="target column (default OT, else the last column)")
     f.add_argument("--model", default="ffnet_ts", help="ffnet_ts | dlinear | patchtst | ffnet_ts_tiny")
-    f.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="maximum epochs")
+    f.add_argument("--epochs", type=int, default=None,
+                   help=f"maximum epochs (default: {DEFAULT_MAX_EPOCHS} under the time budget; given alone: no "
+                        "time limit)")
+    f.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help=f"training minutes for all horizons together (default {DEFAULT_TIME_BUDGET:g} unless "
+                        "--epochs is given); no new epoch starts once the next one would overrun it")
+    f.add_argument("--tune", type=float, nargs="?", const=TUNE_DEFAULT, default=None, metavar="MINUTES",
+                   help="search FFNet-TS settings on validation within MINUTES (default: the time budget) "
+                        "and train the chosen one; --dropout/--lr/--batch-size pin a setting")
     f.add_argument("--patience", type=int, default=DEFAULT_PATIENCE, help="early-stopping patience (epochs)")
     f.add_argument("--batch-size", type=int, default=None, help=f"global batch size (default {DEFAULT_BATCH})")
     f.add_argument("--lr", type=float, default=None, help=f"base learning rate (default {DEFAULT_LR:g})")
@@ -294,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-amp", action="store_true", help="disable autocast on CUDA")
     f.add_argument("--out", default=None, help="output directory (default runs/ffnet-ts/<data>)")
     f.add_argument("--force", action="store_true", help="overwrite results already in --out")
-    f.add_argument("--resume", action="store_true", help="continue from resume_H*.pt in --out")
+    f.add_argument("--resume", action="store_true",
+                   help="continue from resume_H*.pt (or a --tune search's tune_H*/tune_state.json) in --out")
     f.add_argument("--allow-irregular", action="store_true", help="accept gaps/duplicates in the timestamps")
     f.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines are still printed)")
     f.set_defaults(func=cmd_forecast)

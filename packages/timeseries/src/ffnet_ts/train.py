@@ -8,6 +8,13 @@
   split, so early stopping decides identically everywhere and all ranks end with identical weights.
 * Early stopping on validation MSE (standardized space, all windows), patience in epochs; at the end the
   best epoch's weights are loaded back.
+* Budget: at most ``epochs`` epochs and, when ``time_budget`` is set, no new epoch is started once the
+  training seconds so far plus the last epoch's duration would exceed it (so a run ends near its budget
+  instead of far past it; a fresh run always completes one epoch). ``FitResult.stop_reason`` says which
+  rule ended training: ``early_stopping``, ``epoch_cap`` or ``time_budget``. The budget counts the seconds
+  stored in the resume file, so ``--resume`` continues the same budget rather than starting a new one.
+* ``epoch_windows`` caps the training windows per epoch (a seeded random subset of the permutation), so
+  that early stopping and the tuner can act on large datasets more often than once per full pass.
 * Checkpoints carry the full config (model name + arguments, data protocol + scaler, training config);
   the resume file also holds the optimizer, grad scaler, RNG states, early-stopping state and history, so
   ``--resume`` continues exactly (bit-identical on CPU with the same thread count).
@@ -65,6 +72,9 @@ class TrainConfig:
     amp: bool = True
     eval_batch_size: int = 512
     progress: bool = True
+    time_budget: float | None = None  # seconds of training + validation; None: epochs only
+    epoch_windows: int | None = None  # training windows per epoch; None: every window
+    val_stride: int = 1  # score every k-th validation window (the tuner's cheap validation); 1: all
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,21 +172,26 @@ def _autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_size: int = 512,
-             device: torch.device | str = "cpu", amp: bool = False, return_predictions: bool = False) -> dict:
+             device: torch.device | str = "cpu", amp: bool = False, return_predictions: bool = False,
+             stride: int = 1) -> dict:
     """MSE and MAE over *every* window of ``split`` (standardized space, scored columns only).
 
-    Returns ``{"mse", "mae", "windows"}`` (+ ``"predictions"``: float32 (windows, H, scored columns)).
+    ``stride`` > 1 scores only every ``stride``-th window (used for cheap validation while tuning; test
+    metrics always use stride 1). Returns ``{"mse", "mae", "windows"}`` (+ ``"predictions"``: float32
+    (windows, H, scored columns)).
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     data = prep.data.to(device)
-    start, n = prep.borders[split][0], prep.windows(split)
+    start, total = prep.borders[split][0], prep.windows(split)
+    windows = torch.arange(0, total, max(int(stride), 1), device=device)
+    n = len(windows)
     out_idx = torch.tensor(prep.out_idx, device=device)
     sse = sae = 0.0
     preds = []
     for i in range(0, n, batch_size):
-        idx = torch.arange(i, min(i + batch_size, n), device=device)
+        idx = windows[i:i + batch_size]
         x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
         with _autocast(device, amp):
             out = model(x)
@@ -243,6 +258,7 @@ class FitResult:
     train_seconds: float
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
+    stop_reason: str = "epoch_cap"  # early_stopping | epoch_cap | time_budget
 
 
 def _broadcast_buffers(model: nn.Module) -> None:
@@ -302,19 +318,29 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         _set_rng_state(st["rng"])
         if bad >= cfg.patience:
             start_epoch = cfg.epochs  # it had already stopped early; nothing left to run
+    if cfg.time_budget is not None and not cfg.time_budget > 0:
+        raise ConfigError(f"time budget must be positive (got {cfg.time_budget})")
 
     data = prep.data.to(device)
     start, n = prep.borders["train"][0], prep.windows("train")
     per_rank = max(cfg.batch_size // info.world, 1)
     shard_len = math.ceil(n / info.world)
     steps = max(shard_len // per_rank, 1)  # drop the last partial training batch (not for val/test)
+    if cfg.epoch_windows is not None:
+        steps = min(steps, max(cfg.epoch_windows // cfg.batch_size, 1))
     out_idx = torch.tensor(prep.out_idx, device=device)
 
-    bar = tqdm(total=cfg.epochs * steps, initial=min(start_epoch, cfg.epochs) * steps, desc=desc,
+    # With a time budget the epoch cap is only a ceiling, so a bar sized by it would be meaningless.
+    bar = tqdm(total=cfg.epochs * steps if cfg.time_budget is None else None,
+               initial=min(start_epoch, cfg.epochs) * steps, desc=desc,
                disable=None if (cfg.progress and info.master) else True,  # None: only on a terminal
                dynamic_ncols=True, leave=False, file=sys.stderr)
     stopped = bad >= cfg.patience and resume
+    reason = "early_stopping" if stopped else "epoch_cap"
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.time_budget is not None and history and _out_of_time(history, seconds, cfg.time_budget, info, device):
+            reason = "time_budget"
+            break
         t0 = time.perf_counter()
         model.train()
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -344,7 +370,8 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
             _broadcast_buffers(raw)
             dist.all_reduce(loss_sum)
             loss_sum /= info.world
-        val = evaluate(raw, prep, "val", batch_size=cfg.eval_batch_size, device=device, amp=amp)
+        val = evaluate(raw, prep, "val", batch_size=cfg.eval_batch_size, device=device, amp=amp,
+                       stride=cfg.val_stride)
         seconds += time.perf_counter() - t0
         improved = val["mse"] < best_val
         if improved:
@@ -368,12 +395,24 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
                             best_val=f"{best_val:.4f}")
             bar.clear()
             log(f"{desc} epoch {epoch + 1:3d}  lr {lr:.2e}  train_loss {rec['train_loss']:.4f}  "
-                f"val_mse {val['mse']:.4f}  val_mae {val['mae']:.4f}{'  *' if improved else ''}  {seconds:7.1f}s")
+                f"val_mse {val['mse']:.4f}  val_mae {val['mae']:.4f}{'  *' if improved else ''}  {seconds:7.1f}s"
+                + (f" / {cfg.time_budget:.0f}s" if cfg.time_budget is not None else ""))
         if bad >= cfg.patience:
-            stopped = True
+            stopped, reason = True, "early_stopping"
             break
     bar.close()
     raw.load_state_dict(best_state)
     if info.world > 1:
         dist.barrier()
-    return FitResult(best_val, best_epoch, len(history), seconds, stopped, history)
+    return FitResult(best_val, best_epoch, len(history), seconds, stopped, history, reason)
+
+
+def _out_of_time(history: list[dict], seconds: float, budget: float, info: DistInfo, device: torch.device) -> bool:
+    """Would one more epoch (as long as the last one) overrun ``budget``? Rank 0 decides for every rank."""
+    last = history[-1]["seconds"] - (history[-2]["seconds"] if len(history) > 1 else 0.0)
+    stop = seconds + last > budget
+    if info.world > 1:  # wall clocks differ per rank; a split decision would deadlock the collectives
+        flag = torch.tensor([int(stop)], device=device)
+        dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop

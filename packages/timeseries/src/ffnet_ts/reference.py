@@ -1,0 +1,126 @@
+"""Reference forecasts printed beside every model: does the network add skill over trivial predictors?
+
+Both are scored on exactly the windows the model is scored on (``Prepared.borders``, every window, the
+standardized space, the scored columns), so their rows in the forecast table are directly comparable:
+
+* **naive**: repeat the last observed value of each variable for the whole horizon (persistence).
+* **linear**: one closed-form linear map from the ``lookback`` values of a variable (plus an intercept) to
+  its ``horizon`` future values, shared by all variables (each variable's windows are extra rows of the
+  same least-squares problem, in the standardized space). It is fitted on the train windows only; the ridge
+  strength is chosen on the validation windows from ``RIDGE_ALPHAS`` (``lambda = alpha * rows``, the
+  intercept is not penalized). This is the univariate "Linear" model of LTSF-Linear (Zeng et al., 2023)
+  solved exactly instead of by SGD.
+
+Everything is float64 numpy on the normal equations, accumulated one variable at a time, so the memory
+stays at one variable's windows even for Weather at H=720.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .data import Prepared
+
+RIDGE_ALPHAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _windows(prep: Prepared, split: str, column: int) -> np.ndarray:
+    """(windows, lookback + horizon) float64 view of one column's windows of ``split``."""
+    a, b = prep.borders[split]
+    z = prep.data[a:b, column].double().numpy()
+    return sliding_window_view(z, prep.lookback + prep.horizon)
+
+
+def naive_metrics(prep: Prepared, split: str = "test") -> dict:
+    """MSE / MAE of repeating the last observed value, over every window of ``split``."""
+    L = prep.lookback
+    sse = sae = 0.0
+    n = prep.windows(split)
+    for c in prep.out_idx:
+        w = _windows(prep, split, c)
+        err = w[:, L:] - w[:, L - 1:L]
+        sse += float(np.square(err).sum())
+        sae += float(np.abs(err).sum())
+    count = n * prep.horizon * len(prep.out_idx)
+    return {"mse": sse / count, "mae": sae / count, "windows": n}
+
+
+@dataclass
+class LinearBaseline:
+    """A fitted shared linear map: ``y = x @ weight[:-1] + weight[-1]`` for one variable's window ``x``."""
+
+    weight: np.ndarray  # (lookback + 1, horizon)
+    alpha: float
+    val_mse: float
+    selection: list[dict]  # [{"alpha", "val_mse"}] for every alpha tried
+
+    @property
+    def params(self) -> int:
+        return int(self.weight.size)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, lookback) -> (n, horizon)."""
+        return x @ self.weight[:-1] + self.weight[-1]
+
+
+def _scores(weight: np.ndarray, prep: Prepared, split: str, columns) -> tuple[float, float]:
+    L = prep.lookback
+    sse = sae = 0.0
+    for c in columns:
+        w = _windows(prep, split, c)
+        err = w[:, :L] @ weight[:-1] + weight[-1] - w[:, L:]
+        sse += float(np.square(err).sum())
+        sae += float(np.abs(err).sum())
+    count = prep.windows(split) * prep.horizon * len(columns)
+    return sse / count, sae / count
+
+
+def fit_linear(prep: Prepared, alphas=RIDGE_ALPHAS) -> LinearBaseline:
+    """Least squares / ridge on the train windows of every input variable; alpha chosen on validation MSE."""
+    L, H = prep.lookback, prep.horizon
+    gram = np.zeros((L + 1, L + 1))
+    cross = np.zeros((L + 1, H))
+    rows = 0
+    for c in range(prep.n_vars):
+        w = _windows(prep, "train", c)
+        x, y = w[:, :L], w[:, L:]
+        xs, ys = x.sum(0), y.sum(0)
+        gram[:L, :L] += x.T @ x
+        gram[:L, L] += xs
+        gram[L, :L] += xs
+        gram[L, L] += len(w)
+        cross[:L] += x.T @ y
+        cross[L] += ys
+        rows += len(w)
+    penalty = np.eye(L + 1)
+    penalty[L, L] = 0.0  # the intercept is not shrunk
+    best, selection = None, []
+    for alpha in alphas:
+        if alpha == 0:
+            weight = np.linalg.lstsq(gram, cross, rcond=None)[0]
+        else:
+            weight = np.linalg.solve(gram + alpha * rows * penalty, cross)
+        val_mse = _scores(weight, prep, "val", prep.out_idx)[0]
+        selection.append({"alpha": float(alpha), "val_mse": val_mse})
+        if best is None or val_mse < best.val_mse:
+            best = LinearBaseline(weight, float(alpha), val_mse, selection)
+    return best
+
+
+def reference_metrics(prep: Prepared, split: str = "test") -> dict:
+    """The two reference rows for ``split``: ``{"naive": {...}, "linear": {...}}`` (JSON-able)."""
+    naive = naive_metrics(prep, split)
+    lin = fit_linear(prep)
+    mse, mae = _scores(lin.weight, prep, split, prep.out_idx)
+    linear = {"mse": mse, "mae": mae, "windows": prep.windows(split), "params": lin.params,
+              "ridge_alpha": lin.alpha, "val_mse": lin.val_mse, "alpha_selection": lin.selection,
+              "skill_vs_naive": skill(mse, naive["mse"])}
+    return {"naive": naive, "linear": linear}
+
+
+def skill(mse: float, naive_mse: float) -> float:
+    """1 - mse / naive_mse: 0 for persistence, 1 for a perfect forecast, negative when worse than naive."""
+    return 1.0 - mse / naive_mse if naive_mse > 0 else float("nan")
