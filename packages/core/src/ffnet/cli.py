@@ -1,4 +1,4 @@
-"""``ffnet`` console script: model information (parameters and MACs, train-time and fused)."""
+"""``ffnet`` console script: model information (parameters and MACs, train-time and fused), ONNX export."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,21 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export_backbone
+
+    try:
+        path = export_backbone(args.model, args.output, weights=args.weights, img_size=args.img_size,
+                               num_classes=args.num_classes, features_only=args.features_only,
+                               batch_size=args.batch_size, dynamic_hw=not args.static_hw, opset=args.opset,
+                               force=args.force)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ffnet", description="FFNet core tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("list", help="available model names")
     p.add_argument("--all", action="store_true", help="include tiny test variants")
     p.set_defaults(func=_list)
+    p = sub.add_parser("export", help="export the fused model to ONNX (classifier or features_only backbone)")
+    p.add_argument("model", help="model name, e.g. ffnet_1 (see `ffnet list --all`)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--weights", help="state dict (.safetensors / .pth; train-time or fused) to load")
+    p.add_argument("--img-size", type=int, default=256, help="example input size, multiple of 32 (default 256)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--features-only", action="store_true", help="export the backbone's 4 feature maps")
+    p.add_argument("--batch-size", type=int, default=2, help="example batch size (the batch axis is dynamic)")
+    p.add_argument("--static-hw", action="store_true", help="fix H and W to --img-size (default: dynamic)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--force", action="store_true", help="overwrite --output")
+    p.set_defaults(func=_export)
     args = parser.parse_args(argv)
     return args.func(args)
 
