@@ -123,7 +123,18 @@ def cmd_upscale(a: argparse.Namespace) -> int:
     many = len(inputs) > 1
     if a.output and not many and Path(a.output).suffix == "" and not Path(a.output).exists():
         Path(a.output).mkdir(parents=True, exist_ok=True)
-    model, scale, desc = resolve_model(a.model, a.weights, a.scale, device)
+    if a.runtime == "onnxruntime" or (a.weights or "").endswith(".onnx"):
+        from ffnet.export import ExportError
+
+        from .export import onnx_upscaler
+
+        try:
+            model, scale, desc = onnx_upscaler(a.model, a.weights, a.scale, a.threads or None)
+        except ExportError as e:
+            raise CLIError(str(e)) from None
+        device = "cpu"  # ORT takes and returns host arrays (it runs on CUDA itself when its provider is there)
+    else:
+        model, scale, desc = resolve_model(a.model, a.weights, a.scale, device)
     failures = 0
     bar = tqdm(inputs, desc=f"x{scale}", unit="img", disable=a.quiet or not many, file=sys.stderr)
     for src in bar:
@@ -194,6 +205,10 @@ def _export(ckpt: str, out: str, key: str, extra: dict | None = None) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    if a.onnx:
+        return _export_onnx(a)
+    if not a.checkpoint or not a.output:
+        raise CLIError("export needs CHECKPOINT OUTPUT (or --onnx OUT.onnx [CHECKPOINT])")
     if not Path(a.checkpoint).is_file():
         raise CLIError(f"checkpoint '{a.checkpoint}' not found")
     extra = {}
@@ -204,6 +219,26 @@ def cmd_export(a: argparse.Namespace) -> int:
         extra[k] = v
     _export(a.checkpoint, a.output, a.key, extra)
     print(a.output)
+    return 0
+
+
+def _export_onnx(a: argparse.Namespace) -> int:
+    from ffnet.export import ExportError
+
+    from .export import export_sr_onnx, load_sr_model
+
+    if a.output:
+        raise CLIError(f"with --onnx the output is --onnx's value; unexpected extra argument '{a.output}'")
+    out = Path(a.onnx)
+    if out.exists() and not a.force:
+        raise CLIError(f"output {out} exists (use --force to overwrite)")
+    source = a.checkpoint or a.weights
+    try:
+        net, scale, net_cfg, desc = load_sr_model(source, a.model, a.scale)
+        export_sr_onnx(net, scale, out, net_cfg=net_cfg, source=str(source or desc), opset=a.opset, force=a.force)
+    except ExportError as e:
+        raise CLIError(str(e)) from None
+    print(out)
     return 0
 
 
@@ -270,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--model", help=f"architecture / shipped weights name (default {DEFAULT_MODEL})")
     u.add_argument("--weights", help="a .safetensors (or BasicSR .pth with --model) weight file")
     u.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    u.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    u.add_argument("--threads", type=int, default=0, help="CPU threads (default: the runtime's choice)")
+    u.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch (default) or onnxruntime (the fused graph exported once and cached; "
+                        "an .onnx --weights file implies it)")
     u.add_argument("-q", "--quiet", action="store_true")
     u.set_defaults(func=cmd_upscale)
 
@@ -306,9 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=cmd_eval)
 
-    x = sub.add_parser("export", help="checkpoint -> .safetensors with architecture metadata")
-    x.add_argument("checkpoint")
-    x.add_argument("output")
+    x = sub.add_parser("export", help="checkpoint -> .safetensors with architecture metadata, or -> ONNX (--onnx)")
+    x.add_argument("checkpoint", nargs="?", help="ffnet-sr training checkpoint (with --onnx also a .safetensors; "
+                   "default with --onnx: the shipped weights)")
+    x.add_argument("output", nargs="?", help=".safetensors output (without --onnx)")
+    x.add_argument("--onnx", metavar="OUT.onnx", help="write the fused network as ONNX: (N,3,H,W) RGB [0,1] -> "
+                   "(N,3,sH,sW) RGB [0,1], dynamic N/H/W")
+    x.add_argument("--model", help="with --onnx: variant of the shipped weights / of a bare state dict")
+    x.add_argument("-s", "--scale", type=_scale, default=None, help="with --onnx: scale of the shipped weights")
+    x.add_argument("--weights", help="with --onnx: a .safetensors weights file instead of a checkpoint")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    x.add_argument("--force", action="store_true", help="with --onnx: overwrite OUT.onnx")
     x.add_argument("--key", default="params_ema", choices=["params_ema", "params"])
     x.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata to store")
     x.set_defaults(func=cmd_export)
