@@ -331,7 +331,13 @@ def cmd_predict(args) -> int:
     if args.out and Path(args.out).exists() and not args.force:
         raise UsageError(f"{args.out} exists; pass --force to overwrite")
     device = T.resolve_device(args.device)
-    ckpt = T.load_checkpoint(args.checkpoint)
+    run_onnx = None
+    if args.runtime == "onnxruntime" or str(args.checkpoint).endswith(".onnx"):
+        from .export import onnx_predictor
+
+        ckpt, run_onnx = onnx_predictor(args.checkpoint)  # scaler and RevIN are inside the graph
+    else:
+        ckpt = T.load_checkpoint(args.checkpoint)
     meta = ckpt["data"]
     series = D.read_csv(args.data, target=meta["target"], irregular_ok=args.allow_irregular or meta["irregular_ok"])
     missing = [c for c in meta["columns"] if c not in series.columns]
@@ -342,13 +348,16 @@ def cmd_predict(args) -> int:
         raise D.DataError(f"{args.data}: {len(series)} rows, but the model needs the last {L} (its lookback)")
     idx = [series.columns.index(c) for c in meta["columns"]]
     mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
-    x = (series.values[-L:, idx] - mean) / std
-    model = create_model(ckpt["model"]["name"], **ckpt["model"]["args"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(device).eval()
-    with torch.no_grad():
-        y = model(torch.from_numpy(x.astype(np.float32))[None].to(device))[0].float().cpu().numpy()  # (H, C)
-    y = y * std + mean
+    if run_onnx is not None:
+        y = run_onnx(series.values[-L:, idx])  # (H, C), raw units in and out
+    else:
+        x = (series.values[-L:, idx] - mean) / std
+        model = create_model(ckpt["model"]["name"], **ckpt["model"]["args"])
+        model.load_state_dict(ckpt["state_dict"])
+        model.to(device).eval()
+        with torch.no_grad():
+            y = model(torch.from_numpy(x.astype(np.float32))[None].to(device))[0].float().cpu().numpy()  # (H, C)
+        y = y * std + mean
     step = pd.Timedelta(int(np.median(np.diff(series.dates.asi8[-L:]))) if len(series) > 1 else 0)
     if step <= pd.Timedelta(0):
         raise D.DataError(f"{args.data}: cannot infer the time step from its last {L} timestamps")
@@ -363,6 +372,12 @@ def cmd_predict(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_cli
+
+    return export_cli(args)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -458,7 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true", help="overwrite --out")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--allow-irregular", action="store_true")
+    pr.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                    help="onnxruntime: run the fused ONNX graph (exported once and cached; an .onnx --checkpoint "
+                         "from `ffnet-ts export --onnx` implies it)")
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="export a forecast checkpoint to ONNX (fused; raw units in and out)")
+    ex.add_argument("--checkpoint", required=True, help="checkpoint_H*.pt written by `ffnet-ts forecast`")
+    ex.add_argument("--onnx", required=True, metavar="OUT.onnx",
+                    help="output: history (batch, lookback, variables) -> forecast (batch, horizon, outputs)")
+    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--force", action="store_true", help="overwrite OUT.onnx")
+    ex.set_defaults(func=cmd_export)
 
     ds = sub.add_parser("datasets", help="list the dataset registry and local copies")
     ds.set_defaults(func=cmd_datasets)
@@ -467,12 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ffnet.export import ExportError
+
     from .data import DataError
     from .train import ConfigError
 
     try:
         return args.func(args)
-    except (DataError, ConfigError, UsageError) as e:
+    except (DataError, ConfigError, UsageError, ExportError) as e:
         return _error(str(e))
     except KeyboardInterrupt:
         return _error("interrupted")
