@@ -66,6 +66,7 @@ def test_training_learns_and_is_seeded_deterministic(prep):
     m2 = _model(prep)
     r2 = T.fit(m2, prep, _cfg())
     m1_one = {k: v for k, v in _state(m1).items()}
+    assert r1.stop_reason == "epoch_cap" and not r1.stopped_early
     assert _equal(_state(m1), _state(m2)) and r1.history == [
         {**h, "seconds": r1.history[i]["seconds"]} for i, h in enumerate(r2.history)]
     assert r1.best_val_mse < before
@@ -105,11 +106,56 @@ def test_early_stopping_reloads_the_best_epoch(prep, tmp_path, monkeypatch):
     r = T.fit(m, prep, _cfg(epochs=6, patience=2, batch_size=256), meta={"model": {"name": "x"}}, best_path=tmp_path / "best.pt",
               last_path=tmp_path / "last.pt")
     assert r.stopped_early and r.epochs_run == 4 and r.best_epoch == 2 and r.best_val_mse == 0.4
+    assert r.stop_reason == "early_stopping"
     best = torch.load(tmp_path / "best.pt", weights_only=False)
     assert best["epoch"] == 2 and best["model"] == {"name": "x"} and best["train"]["patience"] == 2
     assert _equal(_state(m), best["state_dict"])  # the model ends holding epoch 2's weights
     last = torch.load(tmp_path / "last.pt", weights_only=False)
     assert not _equal(last["state_dict"], best["state_dict"])
+
+
+class FakeClock:
+    """Stands in for ``time`` in the training module: every reading advances ``tick`` seconds."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_time_budget_starts_no_epoch_that_would_overrun(prep, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "time", FakeClock(0.5))  # two readings per epoch: every epoch "lasts" 0.5 s
+    cfg = _cfg(epochs=50, patience=50, batch_size=256, time_budget=1.8)
+    r = T.fit(_model(prep), prep, cfg, last_path=tmp_path / "last.pt")
+    # after 3 epochs 1.5 s are spent and a 4th (another 0.5 s) would end at 2.0 > 1.8
+    assert r.stop_reason == "time_budget" and r.epochs_run == 3 and not r.stopped_early
+    assert r.train_seconds == pytest.approx(1.5)
+
+    # --resume continues the same budget: nothing left, so no new epoch ...
+    again = T.fit(_model(prep), prep, cfg, last_path=tmp_path / "last.pt", resume=True)
+    assert again.stop_reason == "time_budget" and again.epochs_run == 3
+    # ... unless the budget is raised; an epoch cap still applies under a time budget
+    more = T.fit(_model(prep), prep, _cfg(epochs=4, patience=50, batch_size=256, time_budget=10.0),
+                 last_path=tmp_path / "last.pt", resume=True)
+    assert more.stop_reason == "epoch_cap" and more.epochs_run == 4
+    with pytest.raises(T.ConfigError, match="positive"):
+        T.fit(_model(prep), prep, _cfg(time_budget=0.0))
+
+
+def test_epoch_windows_caps_the_steps_per_epoch(prep):
+    steps = []
+    m = _model(prep)
+    m.register_forward_hook(lambda mod, i, o: steps.append(mod.training))
+    r = T.fit(m, prep, _cfg(epochs=2, batch_size=32, epoch_windows=100))
+    assert steps.count(True) == 2 * (100 // 32) and r.stop_reason == "epoch_cap"
+    full = T.evaluate(m, prep, "val")
+    sub = T.evaluate(m, prep, "val", stride=5)
+    n = prep.windows("val")
+    assert full["windows"] == n and sub["windows"] == len(range(0, n, 5))
+    preds = T.evaluate(m, prep, "val", return_predictions=True)["predictions"]
+    assert T.evaluate(m, prep, "val", stride=5, return_predictions=True)["predictions"] == pytest.approx(preds[::5])
 
 
 def test_checkpoint_rebuilds_the_model(prep, tmp_path):
