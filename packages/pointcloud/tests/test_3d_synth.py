@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from ffnet_3d.boxes import points_in_boxes
 from ffnet_3d.io import KittiFrames
-from ffnet_3d.synth import SynthConfig, generate_frame, synth_calibration
+from ffnet_3d.synth import SynthConfig, beam_elevations, generate_frame, synth_calibration
 
 
 def test_deterministic_by_seed():
@@ -18,20 +19,23 @@ def test_deterministic_by_seed():
     assert len(c[0]) != len(a[0]) or not np.array_equal(c[0], a[0])
 
 
-def test_sensor_geometry():
-    cfg = SynthConfig()
+@pytest.mark.parametrize("version", [1, 2])
+def test_sensor_geometry(version):
+    cfg = SynthConfig(version=version)
     pts, _, _, _ = generate_frame(cfg, 0, 1)
     r = np.linalg.norm(pts[:, :3], axis=1)
     elev = np.degrees(np.arcsin(pts[:, 2] / r))
     assert elev.min() > cfg.fov_down - 0.5 and elev.max() < cfg.fov_up + 0.5
-    assert r.max() <= cfg.max_range + 0.2
+    assert r.max() <= cfg.max_range + 1.5  # version 2: vegetation returns from inside the crown
     assert 0.0 <= pts[:, 3].min() and pts[:, 3].max() <= 1.0
-    # 64 rings: elevation angles cluster on 64 values (noise is in range only)
-    ring_elev = np.linspace(cfg.fov_up, cfg.fov_down, cfg.n_beams)
-    assert np.abs(elev[:, None] - ring_elev[None]).min(1).max() < 0.05
-    # the ground is at -sensor_height
+    # 64 rings: elevation angles cluster on 64 values (noise is in range only; version 2 adds small
+    # per-laser offsets to the HDL-64E's two-block layout)
+    ring_elev = np.linspace(cfg.fov_up, cfg.fov_down, cfg.n_beams) if version == 1 else beam_elevations(cfg)
+    tol = 0.05 if version == 1 else 2.5 * cfg.beam_elev_jitter + 0.01
+    assert np.abs(elev[:, None] - ring_elev[None]).min(1).max() < tol
+    # the ground is at -sensor_height (version 2: sloped, so only near the sensor)
     ground = pts[elev < -10]
-    assert abs(np.median(ground[:, 2]) + cfg.sensor_height) < 0.15
+    assert abs(np.median(ground[:, 2]) + cfg.sensor_height) < (0.15 if version == 1 else 0.25)
 
 
 def test_labels_are_exact_and_kitti_formatted(synth_root):

@@ -43,6 +43,10 @@ class DataConfig:
     rot_range: tuple = (-0.785398, 0.785398)
     scale_range: tuple = (0.95, 1.05)
     min_points_in_gt: int = 1  # boxes with fewer LiDAR points get no heatmap target
+    # ground-truth sampling (training only): paste up to this many labelled objects per class (in
+    # ``classes`` order), cut with their points from other training frames, where they do not collide
+    gt_sample_max: tuple = (0, 0, 0)
+    gt_sample_min_points: int = 5  # database objects need at least this many points
 
 
 @dataclass
@@ -91,6 +95,7 @@ class TrainConfig:
     log_every: int = 20
     ckpt_every: int = 1
     val_frac: float = 0.0
+    init: str | None = None  # warm start: weights (model.safetensors / last.pt) loaded before step 0
 
 
 @dataclass

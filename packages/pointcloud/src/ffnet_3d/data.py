@@ -74,6 +74,76 @@ class KittiDetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    # ------------------------------------------------------------------ ground-truth sampling
+    def _build_gt_database(self) -> None:
+        """Every labelled object of the training frames with its points (an OpenPCDet-style GT database).
+
+        Built once, lazily, from the same field-of-view-filtered points ``__getitem__`` loads.
+        """
+        d = self.cfg.data
+        db = {c: [] for c in range(len(d.classes))}
+        for fi, fid in enumerate(self.ids):
+            points, boxes, labels, _ = self._load(fid)
+            if not len(boxes):
+                continue
+            inside = points_in_boxes(points, boxes)
+            for k in range(len(boxes)):
+                m = inside[:, k]
+                if m.sum() >= d.gt_sample_min_points:
+                    db[int(labels[k])].append((fi, boxes[k].copy(), points[m].copy()))
+        self._gt_db = db
+
+    def _gt_sample(self, rng, index, points, boxes, labels):
+        """Paste objects of other frames at their recorded position (their LiDAR pattern depends on
+        it) when their BEV footprint overlaps no box already in the scene; scene points inside a
+        pasted box are removed so each pasted box holds exactly its own points."""
+        from .iou import bev_iou_numba
+
+        if getattr(self, "_gt_db", None) is None:
+            self._build_gt_database()
+        d = self.cfg.data
+        new_boxes, new_labels, new_points = [], [], []
+        taken = boxes.copy()
+        for c, n_max in enumerate(d.gt_sample_max[: len(d.classes)]):
+            pool = self._gt_db.get(c, [])
+            if n_max <= 0 or not pool:
+                continue
+            for j in rng.choice(len(pool), size=min(int(n_max), len(pool)), replace=False):
+                src, box, pts = pool[int(j)]
+                if src == index:
+                    continue
+                if len(taken) and (bev_iou_numba(box[None], taken) > 0).any():
+                    continue
+                taken = np.concatenate([taken, box[None]])
+                new_boxes.append(box)
+                new_labels.append(c)
+                new_points.append(pts)
+        if not new_boxes:
+            return points, boxes, labels
+        nb = np.stack(new_boxes)
+        keep = ~points_in_boxes(points, nb).any(1)
+        points = np.concatenate([points[keep]] + new_points).astype(np.float32)
+        return points, np.concatenate([boxes, nb]), np.concatenate([labels, np.asarray(new_labels, np.int64)])
+
+    def _load(self, fid):
+        """(FOV-filtered points, LiDAR boxes, class indices, (calib, gt, image shape)) of one frame."""
+        d = self.cfg.data
+        points = self.frames.points(fid)
+        calib_path = self.frames.calib_path(fid)
+        calib = self.frames.calib(fid) if calib_path.is_file() else None
+        image_shape = self.frames.image_shape(fid)
+        if d.fov_only and calib is not None:
+            points = points[calib.fov_mask(points, image_shape)]
+        gt = self.frames.labels(fid) if self.has_labels else None
+        boxes = labels = None
+        if gt is not None:
+            if calib is None:
+                raise PointCloudError(f"{calib_path}: labelled frame without calibration")
+            objs = gt.select(np.isin(gt.name, list(d.classes)))
+            boxes = objs.boxes_lidar(calib).reshape(-1, 7)
+            labels = np.array([self.class_index[n] for n in objs.name], dtype=np.int64)
+        return points, boxes, labels, (calib, gt, image_shape)
+
     def _augment(self, rng, points, boxes):
         d = self.cfg.data
         if d.flip_y and rng.random() < 0.5:  # mirror across the x axis
@@ -94,23 +164,16 @@ class KittiDetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         fid = self.ids[index]
         d = self.cfg.data
-        points = self.frames.points(fid)
-        calib_path = self.frames.calib_path(fid)
-        calib = self.frames.calib(fid) if calib_path.is_file() else None
-        image_shape = self.frames.image_shape(fid)
-        if d.fov_only and calib is not None:
-            points = points[calib.fov_mask(points, image_shape)]
-        gt = self.frames.labels(fid) if self.has_labels else None
+        points, boxes, labels, (calib, gt, image_shape) = self._load(fid)
         targets = None
         if gt is not None:
-            keep = np.isin(gt.name, list(d.classes))
-            objs = gt.select(keep)
-            if calib is None:
-                raise PointCloudError(f"{calib_path}: labelled frame without calibration")
-            boxes = objs.boxes_lidar(calib)
-            labels = np.array([self.class_index[n] for n in objs.name], dtype=np.int64)
             if self.training:
                 rng = np.random.default_rng([self.cfg.train.seed, self.epoch, index])
+                if any(n > 0 for n in d.gt_sample_max):
+                    # its own generator: switching GT sampling on leaves the other draws unchanged
+                    points, boxes, labels = self._gt_sample(
+                        np.random.default_rng([self.cfg.train.seed, self.epoch, index, 1]), index, points, boxes,
+                        labels)
                 points, boxes = self._augment(rng, points.copy(), boxes.copy())
             points = points[in_range_mask(points, d.point_cloud_range)]
             ok = in_range_mask(boxes[:, :3], d.point_cloud_range) if len(boxes) else np.zeros(0, bool)

@@ -46,7 +46,7 @@ class SynthConfig:
     n_beams: int = 64
     fov_up: float = 2.0
     fov_down: float = -24.8
-    azimuth_res: float = 0.2
+    azimuth_res: float | None = None  # deg; None: 0.2 (version 1) / 0.09 (version 2, like KITTI's scans)
     sensor_height: float = 1.73
     max_range: float = 100.0
     range_noise: float = 0.02
@@ -59,6 +59,8 @@ class SynthConfig:
     object_range: tuple[float, float] = (4.0, 52.0)
     camera_half_fov: float = 38.0
     max_abs_y: float = 26.0
+    version: int = 2  # scene model: 1 = the original primitives world, 2 = closer to real scans
+    beam_elev_jitter: float = 0.03  # deg, per-laser elevation offset (version 2)
     extra: dict = field(default_factory=dict)
 
 
@@ -187,10 +189,22 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
     """One synthetic frame -> (points (N, 4) float32, KittiObjects, LiDAR boxes (M, 7), names (M,)).
 
     With ``return_owner`` a fifth item maps each point to the index (in the returned boxes) of the
-    labelled object its ray hit, -1 for background.
+    labelled object its ray hit, -1 for background. ``cfg.version`` selects the scene model: 1 is
+    the original boxes-and-primitives world (kept bit-identical so its datasets can be regenerated),
+    2 (default) the one closer to real HDL-64E scans (module docstring).
     """
     rng = np.random.default_rng([int(seed), int(index)])
     calib = calib or synth_calibration()
+    if cfg.version == 1:
+        meshes, objects = _scene_v1(cfg, rng)
+    elif cfg.version == 2:
+        meshes, objects = _scene_v2(cfg, rng)
+    else:
+        raise ValueError(f"unknown synthetic scene version {cfg.version} (1 or 2)")
+    return _scan_and_label(cfg, rng, meshes, objects, calib, return_owner)
+
+
+def _scene_v1(cfg: SynthConfig, rng):
     ground_z = -cfg.sensor_height + rng.normal(0, 0.03)
     meshes = []  # (vertices, triangles, albedo, owner object index or -1)
     occupied = _Footprints()
@@ -303,21 +317,40 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
                 add_static(parts, np.array([x, y, ground_z]), yaw, rng.uniform(0.1, 0.7))
                 break
 
+    return meshes, objects
+
+
+def _scan_and_label(cfg: SynthConfig, rng, meshes, objects, calib, return_owner):
     # ---- ray casting
     core = o3d().core
     scene = o3d().t.geometry.RaycastingScene()
-    geom_albedo, geom_owner = [], []
-    for v, f, albedo, owner in meshes:
+    geom_albedo, geom_owner, geom_kind = [], [], []
+    for m in meshes:
+        v, f, albedo, owner = m[:4]
         scene.add_triangles(core.Tensor(np.ascontiguousarray(v)), core.Tensor(np.ascontiguousarray(f)))
         geom_albedo.append(albedo)
         geom_owner.append(owner)
+        geom_kind.append(_KIND_CODES[m[4]] if len(m) > 4 else 0)
     geom_albedo = np.asarray(geom_albedo)
     geom_owner = np.asarray(geom_owner)
+    geom_kind = np.asarray(geom_kind)
 
-    elev = np.deg2rad(np.linspace(cfg.fov_up, cfg.fov_down, cfg.n_beams))
-    az = np.deg2rad(np.arange(-180.0, 180.0, cfg.azimuth_res))
-    az = az + rng.uniform(0, np.deg2rad(cfg.azimuth_res))  # random spin phase
-    ee, aa = np.meshgrid(elev, az, indexing="ij")
+    if cfg.version == 1:
+        elev = np.deg2rad(np.linspace(cfg.fov_up, cfg.fov_down, cfg.n_beams))
+        res = cfg.azimuth_res or 0.2
+        az = np.deg2rad(np.arange(-180.0, 180.0, res))
+        az = az + rng.uniform(0, np.deg2rad(res))  # random spin phase
+        ee, aa = np.meshgrid(elev, az, indexing="ij")
+    else:
+        # per-beam calibration offsets: each laser of a real HDL-64E sits a little off its nominal
+        # elevation and azimuth, so rings are unevenly spaced and not perfectly aligned
+        elev = beam_elevations(cfg) + np.clip(rng.normal(0, cfg.beam_elev_jitter, cfg.n_beams),
+                                              -2 * cfg.beam_elev_jitter, 2 * cfg.beam_elev_jitter)
+        az_off = rng.normal(0, 0.05, cfg.n_beams)
+        res = cfg.azimuth_res or 0.09
+        az = np.arange(-180.0, 180.0, res) + rng.uniform(0, res)
+        ee = np.deg2rad(np.repeat(elev[:, None], len(az), 1))
+        aa = np.deg2rad(az[None, :] + az_off[:, None])
     dirs = np.stack([np.cos(ee) * np.cos(aa), np.cos(ee) * np.sin(aa), np.sin(ee)], -1).reshape(-1, 3)
     rays = np.concatenate([np.zeros_like(dirs), dirs], 1).astype(np.float32)
     hit = scene.cast_rays(core.Tensor(rays), nthreads=1)
@@ -325,13 +358,36 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
     gid = hit["geometry_ids"].numpy().astype(np.int64)
     normals = hit["primitive_normals"].numpy().astype(np.float64)
     ok = np.isfinite(t) & (t < cfg.max_range)
-    ok &= rng.random(len(t)) >= cfg.drop_prob
-    rng_noise = rng.normal(0.0, cfg.range_noise, len(t))
-    t_noisy = t + rng_noise
-    pts = dirs * t_noisy[:, None]
-    cosang = np.abs((normals * dirs).sum(1))
-    inten = geom_albedo[np.where(ok, gid, 0)] * (0.3 + 0.7 * cosang) * np.exp(-np.nan_to_num(t, posinf=0) / 200.0)
-    inten = np.clip(inten + rng.normal(0, 0.02, len(t)), 0.0, 1.0)
+    if cfg.version == 1:
+        ok &= rng.random(len(t)) >= cfg.drop_prob
+        rng_noise = rng.normal(0.0, cfg.range_noise, len(t))
+        t_noisy = t + rng_noise
+        pts = dirs * t_noisy[:, None]
+        cosang = np.abs((normals * dirs).sum(1))
+        inten = geom_albedo[np.where(ok, gid, 0)] * (0.3 + 0.7 * cosang) * np.exp(-np.nan_to_num(t, posinf=0) / 200.0)
+        inten = np.clip(inten + rng.normal(0, 0.02, len(t)), 0.0, 1.0)
+    else:
+        n_az = ee.shape[1]
+        beam = np.arange(len(t)) // n_az
+        kind = geom_kind[np.where(ok, gid, 0)]
+        # ring-dependent behaviour: per-laser intensity gain and drop-out rate, a few weak lasers
+        gain = np.exp(rng.normal(0.0, 0.25, cfg.n_beams))
+        p_drop = rng.uniform(0.0, 2 * cfg.drop_prob, cfg.n_beams)
+        p_drop[rng.random(cfg.n_beams) < 0.03] = 0.6
+        drop = p_drop[beam] + np.where(kind == 1, 0.3, 0.0) + np.where(kind == 2, 0.7, 0.0)
+        ok &= rng.random(len(t)) >= drop
+        t_noisy = t + rng.normal(0.0, cfg.range_noise, len(t))
+        # vegetation: leaves scatter the beam -> extra noise and returns from inside the crown
+        veg = kind == 1
+        t_noisy = t_noisy + np.where(veg, rng.normal(0.0, 0.05, len(t)) + rng.exponential(0.3, len(t))
+                                     * (rng.random(len(t)) < 0.5), 0.0)
+        pts = dirs * t_noisy[:, None]
+        cosang = np.abs((normals * dirs).sum(1))
+        tt = np.nan_to_num(t, posinf=0.0, nan=0.0)
+        inten = geom_albedo[np.where(ok, gid, 0)] * (0.3 + 0.7 * cosang) * gain[beam] * np.exp(-tt / 200.0)
+        inten = np.clip(inten + rng.normal(0, 0.02, len(t)), 0.0, 1.0)
+        # weak far returns fall under the detection threshold
+        ok &= rng.random(len(t)) >= np.clip(0.6 * (tt / 80.0) ** 2 * (1.0 - 2.0 * inten), 0.0, 0.9)
     points = np.concatenate([pts, inten[:, None]], 1)[ok].astype(np.float32)
     owner = geom_owner[np.where(ok, gid, 0)][ok]
 
@@ -361,6 +417,303 @@ def generate_frame(cfg: SynthConfig, seed: int, index: int, calib: Calibration |
         remap[:-1][keep] = np.arange(int(keep.sum()))
         return points, objs, boxes, names, remap[owner]  # owner -1 indexes the trailing -1
     return points, objs, boxes, names
+
+
+# ------------------------------------------------------------------------------ version 2 scenes
+_KIND_CODES = {"solid": 0, "veg": 1, "glass": 2}
+
+
+def beam_elevations(cfg: SynthConfig) -> np.ndarray:
+    """Nominal laser elevations (deg). Version 2 with 64 beams: the HDL-64E's two blocks, the upper
+    32 lasers from ``fov_up`` to -8.33 deg and the lower 32 from -8.83 deg to ``fov_down``, so the
+    upper rings are denser than the lower ones like in KITTI scans; otherwise evenly spaced."""
+    if cfg.version >= 2 and cfg.n_beams == 64:
+        return np.concatenate([np.linspace(cfg.fov_up, -8.33, 32), np.linspace(-8.83, cfg.fov_down, 32)])
+    return np.linspace(cfg.fov_up, cfg.fov_down, cfg.n_beams)
+
+
+class _Ground:
+    """Road-aligned terrain: a gently sloped, undulating plane with raised sidewalks behind curbs.
+
+    Heights are a function of the road frame (u along the road, v to its left); the same function
+    places every object, so wheels and feet stand on the surface the rays hit.
+    """
+
+    def __init__(self, cfg: SynthConfig, rng, road_yaw: float):
+        self.yaw = road_yaw
+        self.z0 = -cfg.sensor_height + rng.normal(0, 0.03)
+        self.slope = rng.normal(0, 0.012, 2)  # along / across the road (~1 % grades)
+        self.waves = [(rng.uniform(0, 0.04), rng.uniform(12, 40), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi))
+                      for _ in range(2)]
+        self.road_half = {1.0: rng.uniform(3.5, 8.0), -1.0: rng.uniform(3.5, 8.0)}
+        self.curb = {side: (rng.uniform(0.1, 0.2) if rng.random() < 0.75 else 0.0) for side in (1.0, -1.0)}
+
+    def to_road(self, x, y):
+        c, s = np.cos(self.yaw), np.sin(self.yaw)
+        return x * c + y * s, -x * s + y * c
+
+    def from_road(self, u, v):
+        c, s = np.cos(self.yaw), np.sin(self.yaw)
+        return u * c - v * s, u * s + v * c
+
+    def _height_uv(self, u, v):
+        h = self.z0 + self.slope[0] * u + self.slope[1] * v
+        for amp, wl, ph, ang in self.waves:
+            h = h + amp * np.sin(2 * np.pi * (u * np.cos(ang) + v * np.sin(ang)) / wl + ph)
+        # the sensor's own spot stays at z0 (its mount height is the calibration)
+        h0 = self.z0 + sum(amp * np.sin(ph) for amp, _, ph, _ in self.waves)
+        h = h - (h0 - self.z0)
+        for side in (1.0, -1.0):
+            h = h + np.where(side * v > self.road_half[side], self.curb[side], 0.0)
+        return h
+
+    def height(self, x, y):
+        return self._height_uv(*self.to_road(x, y))
+
+    def mesh(self, extent: float = 110.0, step: float = 2.0):
+        us = np.arange(-extent, extent + step, step)
+        vs = list(np.arange(-extent, extent + step, step))
+        for side in (1.0, -1.0):  # a vertical curb face: two vertex columns at the same v
+            e = side * self.road_half[side]
+            vs += [e - side * 1e-3, e + side * 1e-3]
+        vs = np.unique(np.asarray(vs))
+        uu, vv = np.meshgrid(us, vs, indexing="ij")
+        zz = self._height_uv(uu, vv)
+        xx, yy = self.from_road(uu, vv)
+        verts = np.stack([xx, yy, zz], -1).reshape(-1, 3).astype(np.float32)
+        nu, nv = uu.shape
+        i = np.arange(nu - 1)[:, None] * nv + np.arange(nv - 1)[None, :]
+        i = i.ravel()
+        tris = np.concatenate([np.stack([i, i + nv, i + nv + 1], 1), np.stack([i, i + nv + 1, i + 1], 1)])
+        return verts, tris.astype(np.uint32)
+
+
+def _blob_parts(rng, centre, radii, n: int, r_small=(0.15, 0.45)) -> list[_Part]:
+    """A ragged vegetation crown: ``n`` small spheres scattered inside an ellipsoid."""
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    d *= rng.random((n, 1)) ** (1 / 3)
+    parts = []
+    for k in range(n):
+        r = rng.uniform(*r_small)
+        parts.append(_Part("sph", np.asarray(centre, float) + d[k] * np.asarray(radii, float), np.array([r, r, r])))
+    return parts
+
+
+def _scene_v2(cfg: SynthConfig, rng):
+    """Street scenes like KITTI's: sloped road with curbs, facades with windows and recesses,
+    hedges and trees with ragged returns, parked-car rows, poles / signs, plus free clutter."""
+    P = lambda kind_, c, s: _Part(kind_, np.asarray(c, float), np.asarray(s, float))  # noqa: E731
+    road_yaw = float(rng.normal(0, 0.08))
+    ground = _Ground(cfg, rng, road_yaw)
+    meshes = []
+    occupied = _Footprints()
+    gv, gf = ground.mesh()
+    meshes.append((gv, gf, rng.uniform(0.12, 0.3), -1, "solid"))
+    objects = []
+
+    def add_static(parts, x, y, yaw, albedo, kind="solid", z=None):
+        origin = np.array([x, y, ground.height(x, y) if z is None else z])
+        for p in parts:
+            v, f = _part_mesh(p, origin, yaw)
+            meshes.append((v, f, albedo, -1, kind))
+
+    def add_object(cls, x, y, yaw, dims, margin=0.25) -> bool:
+        ln, w, h = dims
+        if not occupied.try_add(x, y, ln, w, yaw, margin):
+            return False
+        gz = float(ground.height(x, y))
+        origin = np.array([x, y, gz])
+        parts = _object_parts(cls, ln, w, h, rng)
+        albedo = rng.uniform(0.15, 0.7) if cls == "Car" else rng.uniform(0.15, 0.5)
+        for p in parts:
+            v, f = _part_mesh(p, origin, yaw)
+            meshes.append((v, f, albedo, len(objects), "solid"))
+        objects.append((cls, np.array([x, y, gz + h / 2, ln, w, h, yaw]), parts, yaw, origin))
+        return True
+
+    def sample_dims(cls):
+        mean, std = SIZE_PRIORS[cls]
+        return np.maximum(rng.normal(mean, std), np.asarray(mean) * 0.6)
+
+    corridor = {}
+    for side in (1.0, -1.0):
+        rh = ground.road_half[side]
+        walk = rng.uniform(1.5, 5.0)
+        front = rh + walk  # building line (lateral distance of the facades)
+        corridor[side] = front
+        # ---- parked-car row along the curb (labelled Cars)
+        if rng.random() < 0.55:
+            u = rng.uniform(-30.0, 10.0)
+            u_end = rng.uniform(30.0, 70.0)
+            while u < u_end:
+                ln, w, h = sample_dims("Car")
+                v = side * (rh - w / 2 - rng.uniform(0.1, 0.5))
+                x, y = ground.from_road(u + ln / 2, v)
+                yaw = road_yaw + (0.0 if rng.random() < 0.6 else np.pi) + rng.normal(0, 0.04)
+                if rng.random() < 0.85:
+                    add_object("Car", x, y, float((yaw + np.pi) % (2 * np.pi) - np.pi), (ln, w, h), margin=0.05)
+                u += ln + rng.uniform(0.4, 4.0) + (rng.uniform(5, 15) if rng.random() < 0.15 else 0.0)
+        # ---- poles, signs, lamp posts on the sidewalk edge
+        u = rng.uniform(-40.0, 0.0)
+        while u < 80.0:
+            x, y = ground.from_road(u, side * (rh + rng.uniform(0.3, 0.8)))
+            if occupied.try_add(x, y, 0.4, 0.4, 0.0, 0.1):
+                H = rng.uniform(2.5, 8.0)
+                r_ = rng.uniform(0.04, 0.15)
+                parts = [P("cyl", (0, 0, H / 2), (r_, r_, H))]
+                if rng.random() < 0.5:  # sign plate facing the road
+                    parts.append(P("box", (0, 0, min(H, 3.0) - 0.4), (0.06, rng.uniform(0.5, 1.0), rng.uniform(0.4, 0.9))))
+                elif rng.random() < 0.5:  # lamp arm over the road
+                    parts.append(P("box", (0, -side * 0.8, H), (0.15, 1.6, 0.12)))
+                add_static(parts, x, y, road_yaw, rng.uniform(0.2, 0.9))
+            u += rng.uniform(6.0, 30.0)
+        # ---- street trees / hedges between sidewalk and facades
+        if rng.random() < 0.6:
+            u = rng.uniform(-40.0, 0.0)
+            while u < 80.0:
+                lat = side * (rh + rng.uniform(0.8, walk + 1.0))
+                x, y = ground.from_road(u, lat)
+                if rng.random() < 0.5:  # tree: trunk + ragged crown
+                    H = rng.uniform(2.0, 4.5)
+                    R = rng.uniform(1.0, 2.8)
+                    if occupied.try_add(x, y, 0.6, 0.6, 0.0, 0.1):
+                        add_static([P("cyl", (0, 0, H / 2), (0.15, 0.15, H))], x, y, 0.0, rng.uniform(0.2, 0.5))
+                        add_static(_blob_parts(rng, (0, 0, H + R * 0.6), (R, R, R * 0.8), int(rng.integers(10, 25))),
+                                   x, y, 0.0, rng.uniform(0.3, 0.7), kind="veg")
+                else:  # hedge segment
+                    L = rng.uniform(2.0, 10.0)
+                    Hh = rng.uniform(0.6, 2.2)
+                    if occupied.try_add(x, y, L, 1.2, road_yaw, 0.1):
+                        n = int(L * rng.uniform(2.0, 4.0))
+                        add_static(_blob_parts(rng, (0, 0, Hh / 2), (L / 2, 0.5, Hh / 2), n, (0.2, 0.5)),
+                                   x, y, road_yaw, rng.uniform(0.3, 0.7), kind="veg")
+                u += rng.uniform(3.0, 15.0)
+        # ---- facades with windows and recesses (or fences / open lots)
+        if rng.random() > cfg.extra.get("p_building_row", 0.75):
+            corridor[side] = cfg.max_abs_y
+            continue
+        u = rng.uniform(-60.0, -40.0)
+        while u < 90.0:
+            seg = rng.uniform(5.0, 25.0)
+            kind = rng.choice(["facade", "fence", "gap"], p=[0.7, 0.15, 0.15])
+            setback = front + rng.uniform(0.0, 1.5)
+            if kind == "facade":
+                H = rng.uniform(3.0, 15.0)
+                depth = rng.uniform(4.0, 10.0)
+                recess = rng.uniform(0.2, 0.6)
+                x, y = ground.from_road(u + seg / 2, side * (setback + recess + depth / 2))
+                if occupied.try_add(x, y, seg, depth + 2 * recess, road_yaw, 0.1):
+                    base = float(ground.height(x, y))
+                    alb = rng.uniform(0.15, 0.7)
+                    # back wall: visible through the windows, where glass swallows most returns
+                    add_static([P("box", (0, 0, H / 2), (seg, depth, H))], x, y, road_yaw, alb * 0.6, "glass", base)
+                    fx, fy = ground.from_road(u + seg / 2, side * (setback + recess / 2))
+                    floor_h = rng.uniform(2.8, 3.6)
+                    win_w, pier_w = rng.uniform(0.8, 2.0), rng.uniform(0.4, 1.5)
+                    sill = rng.uniform(0.6, 1.0)
+                    win_h = min(floor_h - sill - 0.3, rng.uniform(1.2, 2.0))
+                    parts = []
+                    n_floor = max(1, int(H // floor_h))
+                    for k in range(n_floor):  # horizontal bands: sill + lintel of every storey
+                        z0 = k * floor_h
+                        parts.append(P("box", (0, 0, z0 + sill / 2), (seg, recess, sill)))
+                        top = min(H, (k + 1) * floor_h)
+                        lint = top - (z0 + sill + win_h)
+                        if lint > 0.05:
+                            parts.append(P("box", (0, 0, top - lint / 2), (seg, recess, lint)))
+                    if H > n_floor * floor_h + 0.05:
+                        rest = H - n_floor * floor_h
+                        parts.append(P("box", (0, 0, n_floor * floor_h + rest / 2), (seg, recess, rest)))
+                    pu = -seg / 2
+                    while pu < seg / 2:  # piers between the windows
+                        pw = min(pier_w, seg / 2 - pu)
+                        parts.append(P("box", (pu + pw / 2, 0, H / 2), (pw, recess, H)))
+                        pu += pw + win_w
+                    add_static(parts, fx, fy, road_yaw, alb, "solid", base)
+            elif kind == "fence":
+                H = rng.uniform(0.8, 2.2)
+                x, y = ground.from_road(u + seg / 2, side * setback)
+                if occupied.try_add(x, y, seg, 0.1, road_yaw, 0.1):
+                    add_static([P("box", (0, 0, H / 2), (seg, 0.06, H))], x, y, road_yaw, rng.uniform(0.2, 0.8),
+                               "veg" if rng.random() < 0.4 else "solid")  # mesh fences: many rays pass
+            u += seg + rng.uniform(0.0, 4.0)
+
+    # ---- labelled objects on the road and the sidewalks, inside the camera's field of view
+    counts = {
+        "Car": rng.integers(cfg.n_cars[0], cfg.n_cars[1] + 1),
+        "Pedestrian": rng.integers(cfg.n_pedestrians[0], cfg.n_pedestrians[1] + 1),
+        "Cyclist": rng.integers(cfg.n_cyclists[0], cfg.n_cyclists[1] + 1),
+    }
+    half_fov = np.deg2rad(cfg.camera_half_fov)
+    for cls, n in counts.items():
+        for _ in range(int(n)):
+            for _attempt in range(30):
+                r = rng.uniform(*cfg.object_range) if cls == "Car" else rng.uniform(cfg.object_range[0], 40.0)
+                az = rng.uniform(-half_fov, half_fov)
+                x, y = r * np.cos(az), r * np.sin(az)
+                _, lat = ground.to_road(x, y)
+                side = 1.0 if lat >= 0 else -1.0
+                limit = ground.road_half[side] - 0.8 if cls != "Pedestrian" else corridor[side] - 0.6
+                if abs(y) > cfg.max_abs_y or abs(lat) > limit:
+                    continue
+                dims = sample_dims(cls)
+                if cls == "Car":
+                    yaw = road_yaw + rng.choice([0.0, np.pi, np.pi / 2, -np.pi / 2], p=[0.45, 0.45, 0.05, 0.05])
+                    yaw += rng.normal(0, 0.15)
+                elif cls == "Cyclist":
+                    yaw = road_yaw + rng.choice([0.0, np.pi]) + rng.normal(0, 0.5)
+                else:
+                    yaw = rng.uniform(-np.pi, np.pi)
+                if add_object(cls, x, y, float((yaw + np.pi) % (2 * np.pi) - np.pi), dims):
+                    break
+
+    # ---- free clutter anywhere (occluders and hard negatives)
+    n_clutter = rng.integers(cfg.n_clutter[0], cfg.n_clutter[1] + 1)
+    for _ in range(int(n_clutter)):
+        kind = rng.choice(["wall", "pole", "tree", "bush", "barrier", "big", "bin"],
+                          p=[0.12, 0.18, 0.22, 0.2, 0.1, 0.1, 0.08])
+        yaw = rng.uniform(-np.pi, np.pi)
+        veg = None
+        if kind == "wall":
+            L, W, H = rng.uniform(3, 10), rng.uniform(0.3, 1.0), rng.uniform(1.0, 6.0)
+            parts = [P("box", (0, 0, H / 2), (L, W, H))]
+        elif kind == "pole":
+            H = rng.uniform(2.5, 7)
+            r_ = rng.uniform(0.05, 0.18)
+            L = W = 2 * r_
+            parts = [P("cyl", (0, 0, H / 2), (r_, r_, H))]
+        elif kind == "tree":
+            H, R = rng.uniform(1.5, 4.0), rng.uniform(0.8, 2.5)
+            L = W = 2 * R
+            parts = [P("cyl", (0, 0, H / 2), (0.15, 0.15, H))]
+            veg = _blob_parts(rng, (0, 0, H + R * 0.6), (R, R, R * 0.8), int(rng.integers(10, 25)))
+        elif kind == "bush":
+            R = rng.uniform(0.5, 2.0)
+            L, W = 2 * R, 2 * R * rng.uniform(0.5, 1.0)
+            parts = []
+            veg = _blob_parts(rng, (0, 0, R * 0.5), (R, W / 2, R * 0.6), int(rng.integers(6, 18)), (0.2, 0.5))
+        elif kind == "barrier":
+            L, W = rng.uniform(1.5, 3.0), 0.25
+            parts = [P("box", (0, 0, 0.45), (L, W, 0.9))]
+        elif kind == "bin":  # bins, boxes, bollards: small car-height-ish solids
+            L, W = rng.uniform(0.5, 1.5), rng.uniform(0.5, 1.2)
+            parts = [P("box", (0, 0, 0.6), (L, W, rng.uniform(0.8, 1.4)))]
+        else:  # van / truck / container sized box: a hard negative for Car
+            L, W, H = rng.uniform(6.0, 12.0), rng.uniform(2.2, 2.6), rng.uniform(2.5, 3.6)
+            parts = [P("box", (0, 0, H / 2 + 0.3), (L, W, H))]
+        for _attempt in range(30):
+            r = rng.uniform(3.0, 70.0)
+            az = rng.uniform(-np.pi, np.pi)
+            x, y = r * np.cos(az), r * np.sin(az)
+            if occupied.try_add(x, y, L, W, yaw, 0.3):
+                alb = rng.uniform(0.1, 0.7)
+                if parts:
+                    add_static(parts, x, y, yaw, alb)
+                if veg:
+                    add_static(veg, x, y, yaw, rng.uniform(0.3, 0.7), kind="veg")
+                break
+    return meshes, objects
 
 
 def write_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, cfg: SynthConfig | None = None,

@@ -145,6 +145,14 @@ def train(cfg: Config, data_dir, out_dir, *, resume=None, device: str | None = N
         elapsed = state.get("extra", {}).get("wall_time", 0.0)
         _log(log_path, f"resumed from {resume} at epoch {start_epoch} step {step}", rank)
     else:
+        if t.init:
+            from .checkpoint import read_checkpoint
+
+            sd, init_cfg, _ = read_checkpoint(t.init)
+            if init_cfg.model != cfg.model:
+                raise ValueError(f"train.init {t.init}: its model config differs from this run's")
+            model.load_state_dict(sd)
+            _log(log_path, f"initialised from {t.init}", rank)
         save_config(cfg, out_dir / "config.yaml")
         _log(log_path, f"model {cfg.model.name}: {count_parameters(model)} parameters; {len(ds)} frames; "
                        f"{total_steps} steps; device {dev}; world {world}", rank)
