@@ -13,8 +13,11 @@ Implementations (chosen per call with ``impl``; see :func:`resolve_impl`):
 
 Depthwise convs (``groups == in_channels``, any channel multiplier) share one kernel in both
 implementations (:func:`depthwise_conv`): spconv has no grouped conv, so its path feeds spconv's own
-rulebook to the same gather-multiply-``index_add``. Other group counts are expanded to a
-block-diagonal dense-channel weight (exact, not fast).
+rulebook to the same kernel. On CPU (float32 / float64, numba installed) that kernel is the fused
+one of :mod:`ffnet.sparse._numba_kernels` (output-stationary over a ``(N_out, K)`` neighbour map,
+deterministic, no per-pair temporaries) wrapped in an autograd Function; elsewhere (CUDA, other
+dtypes, ``$FFNET_SPARSE_FUSED=0``) it is the reference gather-multiply-``index_add`` in plain torch.
+Other group counts are expanded to a block-diagonal dense-channel weight (exact, not fast).
 """
 from __future__ import annotations
 
@@ -23,14 +26,17 @@ import os
 
 import torch
 
-from .maps import KernelMap, build_conv_map, build_subm_map
+from .maps import (KernelMap, NeighborMap, build_conv_map, build_subm_map, build_subm_neighbors, numba_available,
+                   subm_map_from_neighbors)
 from .tensor import CoordinateContext, SparseTensor, same_coordinates
 
-__all__ = ["IMPLS", "ENV_IMPL", "resolve_impl", "sparse_conv3d", "sparse_inverse_conv3d", "dense_channel_conv",
-           "depthwise_conv", "is_depthwise"]
+__all__ = ["IMPLS", "ENV_IMPL", "ENV_FUSED", "resolve_impl", "sparse_conv3d", "sparse_inverse_conv3d",
+           "dense_channel_conv", "depthwise_conv", "depthwise_conv_reference", "fused_depthwise_conv", "use_fused",
+           "is_depthwise"]
 
 IMPLS = ("torch", "spconv")
 ENV_IMPL = "FFNET_SPARSE_IMPL"
+ENV_FUSED = "FFNET_SPARSE_FUSED"  # "0" forces the reference depthwise kernel everywhere
 
 # Elements of the largest temporary (pairs x channels) per step of the depthwise kernel.
 _CHUNK = 1 << 22
@@ -97,8 +103,11 @@ def dense_channel_conv(features: torch.Tensor, weight: torch.Tensor, kmap: Kerne
     return out.index_add(0, kmap.out_idx, partial)
 
 
-def depthwise_conv(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    """Depthwise conv on a kernel map: ``out[o, c*m + j] += features[i, c] * W[c*m + j, 0, k]``.
+def depthwise_conv_reference(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    """Depthwise conv on a kernel map in plain torch: ``out[o, c*m + j] += features[i, c] * W[c*m + j, 0, k]``.
+
+    The device-generic reference (CUDA uses it): gathers input rows and per-pair weight rows, then
+    ``index_add``. Autograd through torch ops.
 
     Args:
         features: ``(N_in, C)``.
@@ -126,6 +135,79 @@ def depthwise_conv(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap
     return out
 
 
+class _FusedDepthwise(torch.autograd.Function):
+    """numba depthwise conv (channel multiplier 1) on a NeighborMap; weight given as ``(K, C)``."""
+
+    @staticmethod
+    def forward(ctx, features, weight_kc, nmap: NeighborMap):
+        from . import _numba_kernels as nk
+
+        f = features.detach().contiguous()
+        w = weight_kc.detach().contiguous()
+        ctx.save_for_backward(f, w)
+        ctx.nmap = nmap
+        return torch.from_numpy(nk.dw_forward(f.numpy(), w.numpy(), nmap.nbr.numpy(), torch.get_num_threads()))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        from . import _numba_kernels as nk
+
+        f, w = ctx.saved_tensors
+        nmap: NeighborMap = ctx.nmap
+        threads = torch.get_num_threads()
+        g = grad_out.contiguous().numpy()
+        grad_f = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_f = torch.from_numpy(nk.dw_forward(g, w.numpy(), nmap.inverse().numpy(), threads))
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.from_numpy(nk.dw_grad_weight(f.numpy(), g, nmap.nbr.numpy(), threads))
+        return grad_f, grad_w, None
+
+
+def fused_depthwise_conv(features: torch.Tensor, weight: torch.Tensor, nmap: NeighborMap) -> torch.Tensor:
+    """Depthwise conv with the fused numba CPU kernel (same contract as :func:`depthwise_conv_reference`).
+
+    A channel multiplier ``m > 1`` repeats each input channel ``m`` times (autograd sums the
+    repeats' gradients), so the kernel itself only handles ``m = 1``.
+    """
+    chs = features.shape[1]
+    out_chs = weight.shape[0]
+    mult = out_chs // chs
+    if mult > 1:
+        features = features.repeat_interleave(mult, dim=1)
+    w = weight.reshape(out_chs, -1).t()  # (K, C*m): w[k, c*m + j] = weight[c*m + j, 0, k]
+    return _FusedDepthwise.apply(features, w, nmap)
+
+
+def use_fused(features: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`depthwise_conv` takes the fused CPU kernel for these tensors."""
+    return (features.device.type == "cpu" and weight.device.type == "cpu"
+            and features.dtype in (torch.float32, torch.float64) and weight.dtype == features.dtype
+            and os.environ.get(ENV_FUSED, "1") != "0" and numba_available())
+
+
+def depthwise_conv(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap | NeighborMap) -> torch.Tensor:
+    """Depthwise conv ``out[o, c*m + j] += features[i, c] * W[c*m + j, 0, k]`` on a kernel map.
+
+    Fused numba kernel when :func:`use_fused` (CPU, float32 / float64), else the torch reference.
+
+    Args:
+        features: ``(N_in, C)``.
+        weight: ``(C * m, 1, *kernel)``, torch's layout for ``groups = C`` with channel multiplier ``m``.
+        kmap: a :class:`KernelMap` or its :class:`NeighborMap` form.
+
+    Returns:
+        ``(N_out, C * m)``.
+    """
+    if use_fused(features, weight):
+        nmap = kmap if isinstance(kmap, NeighborMap) else kmap.neighbors()
+        return fused_depthwise_conv(features, weight, nmap)
+    if isinstance(kmap, NeighborMap):
+        raise TypeError("the reference depthwise kernel needs a KernelMap (pair lists), got a NeighborMap")
+    return depthwise_conv_reference(features, weight, kmap)
+
+
 def is_depthwise(in_chs: int, groups: int) -> bool:
     """Whether a conv with these groups runs on the depthwise kernel."""
     return groups == in_chs and groups > 1
@@ -136,10 +218,21 @@ def _add_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return out if bias is None else out + bias
 
 
+def _subm_neighbors(ctx: CoordinateContext, ks) -> NeighborMap:
+    """Cached submanifold NeighborMap of ``ctx`` (the fused depthwise kernel's layout)."""
+    return ctx.get(("torch", "subm-nbr", ks), lambda: build_subm_neighbors(ctx, ks))
+
+
 def _subm_map(ctx: CoordinateContext, ks, impl: str):
     """Cached submanifold map of ``ctx`` (a KernelMap, or an spconv rulebook)."""
     if impl == "torch":
-        return ctx.get(("torch", "subm", ks), lambda: build_subm_map(ctx, ks))
+        def build():
+            if ctx.indices.device.type == "cpu" and numba_available():
+                # one numba hash lookup, shared with the fused depthwise convs on these coordinates
+                return subm_map_from_neighbors(_subm_neighbors(ctx, ks))
+            return build_subm_map(ctx, ks)
+
+        return ctx.get(("torch", "subm", ks), build)
     sp = _spconv()
     return ctx.get(("spconv", "subm", ks), lambda: sp.build_rulebook(ctx, ks, subm=True)[0])
 
@@ -207,7 +300,10 @@ def sparse_conv3d(x: SparseTensor, weight: torch.Tensor, bias: torch.Tensor | No
             # Pointwise: no neighbours, no map.
             w = weight if groups == 1 else _block_diagonal(weight, groups)
             return x.replace_feature(_add_bias(x.features @ w.flatten(1).t(), bias))
-        kmap = _subm_map(x.coords, ks, impl)
+        if impl == "torch" and is_depthwise(x.num_channels, groups) and use_fused(x.features, weight):
+            kmap = _subm_neighbors(x.coords, ks)  # the pair lists are never built for these
+        else:
+            kmap = _subm_map(x.coords, ks, impl)
         return x.replace_feature(_add_bias(_apply(x.features, weight, kmap, groups, impl, subm=True), bias))
     stride, padding = tuple(stride), tuple(padding)
     kmap, out_ctx = _conv_map(x.coords, ks, stride, padding, impl)

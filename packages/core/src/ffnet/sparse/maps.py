@@ -12,14 +12,14 @@ Offsets are numbered row-major, matching ``weight.reshape(out, in, -1)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .tensor import CoordinateContext, coord_keys, keys_to_coords
 
-__all__ = ["KernelMap", "build_subm_map", "build_conv_map", "kernel_offsets", "conv_output_shape", "make_map",
-           "mirrored_subm_map"]
+__all__ = ["KernelMap", "NeighborMap", "build_subm_map", "build_subm_neighbors", "build_conv_map", "kernel_offsets",
+           "conv_output_shape", "make_map", "mirrored_subm_map", "subm_map_from_neighbors", "numba_available"]
 
 # Upper bound on (offsets x points) handled per vectorized step, to bound temporary memory
 # (each step holds a few int64 tensors of this many elements: 2**22 -> ~32 MB each).
@@ -48,19 +48,133 @@ class KernelMap:
     num_in: int
     num_out: int
     identity_offset: int | None = None
+    # derived layouts (e.g. the NeighborMap of the fused depthwise kernel), built on first use
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def kernel_volume(self) -> int:
         return len(self.counts)
+
+    def neighbors(self) -> NeighborMap:
+        """The same map in output-stationary form (cached on this map)."""
+        nmap = self.derived.get("neighbors")
+        if nmap is None:
+            nmap = self.derived["neighbors"] = NeighborMap.from_kernel_map(self)
+        return nmap
 
     @property
     def num_pairs(self) -> int:
         return self.in_idx.shape[0]
 
     def transposed(self) -> KernelMap:
-        """The same connections read backwards (output rows become input rows), for inverse convs."""
-        return KernelMap(self.out_idx, self.in_idx, self.offset, self.counts, self.num_out, self.num_in,
-                         self.identity_offset)
+        """The same connections read backwards (output rows become input rows), for inverse convs (cached)."""
+        t = self.derived.get("transposed")
+        if t is None:
+            t = self.derived["transposed"] = KernelMap(self.out_idx, self.in_idx, self.offset, self.counts,
+                                                       self.num_out, self.num_in, self.identity_offset)
+        return t
+
+
+@dataclass(eq=False)
+class NeighborMap:
+    """Output-stationary kernel map: ``nbr[o, k]`` is the input row offset ``k`` brings to output ``o``, or -1.
+
+    The layout of the fused depthwise kernel (:mod:`ffnet.sparse._numba_kernels`): one output row
+    reads its ``K`` neighbours in offset order. Any kernel map can be written this way because, for
+    a given output and offset, at most one input contributes (submanifold, strided and inverse maps
+    alike). The inverse map (``inv[i, k] = o`` iff ``nbr[o, k] = i``; the input-gradient pass) is
+    built on first use; for odd submanifold kernels it is ``nbr`` with the offsets reversed.
+
+    Attributes:
+        nbr: ``(N_out, K)`` int32.
+        num_in: input rows.
+        subm: outputs are the inputs and the kernel is centred (the reversal shortcut applies).
+    """
+
+    nbr: torch.Tensor
+    num_in: int
+    subm: bool = False
+    _inverse: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def num_out(self) -> int:
+        return self.nbr.shape[0]
+
+    @property
+    def kernel_volume(self) -> int:
+        return self.nbr.shape[1]
+
+    @property
+    def num_pairs(self) -> int:
+        """Connections, the centre of submanifold maps included."""
+        return int((self.nbr >= 0).sum())
+
+    def inverse(self) -> torch.Tensor:
+        """``(N_in, K)`` int32 inverse map (cached)."""
+        if self._inverse is None:
+            if self.subm:
+                # offset k connects i -> o iff offset K-1-k connects o -> i (odd, centred kernels)
+                self._inverse = self.nbr.flip(1).contiguous()
+            else:
+                inv = torch.full((self.num_in, self.kernel_volume), -1, dtype=torch.int32, device=self.nbr.device)
+                out_rows, offs = (self.nbr >= 0).nonzero(as_tuple=True)
+                inv[self.nbr[out_rows, offs].long(), offs] = out_rows.to(torch.int32)
+                self._inverse = inv
+        return self._inverse
+
+    @classmethod
+    def from_kernel_map(cls, kmap: KernelMap) -> NeighborMap:
+        nbr = torch.full((kmap.num_out, kmap.kernel_volume), -1, dtype=torch.int32, device=kmap.in_idx.device)
+        nbr[kmap.out_idx, kmap.offset] = kmap.in_idx.to(torch.int32)
+        subm = kmap.identity_offset is not None
+        if subm:
+            nbr[:, kmap.identity_offset] = torch.arange(kmap.num_out, dtype=torch.int32, device=nbr.device)
+        return cls(nbr, kmap.num_in, subm)
+
+
+def numba_available() -> bool:
+    """Whether numba can be imported (cached); the fused CPU kernels need it."""
+    global _NUMBA
+    if _NUMBA is None:
+        import importlib.util
+
+        _NUMBA = importlib.util.find_spec("numba") is not None
+    return _NUMBA
+
+
+_NUMBA: bool | None = None
+
+
+def build_subm_neighbors(ctx: CoordinateContext, kernel_size: tuple[int, int, int]) -> NeighborMap:
+    """Submanifold neighbour map of ``ctx``: a numba hash lookup on CPU, else from :func:`build_subm_map`."""
+    if any(k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"submanifold convs need odd kernel sizes, got {kernel_size}")
+    device = ctx.indices.device
+    if device.type != "cpu" or not numba_available():
+        return NeighborMap.from_kernel_map(build_subm_map(ctx, kernel_size))
+    from . import _numba_kernels as nk
+
+    n = ctx.num_points
+    offs = kernel_offsets(kernel_size, device) - torch.tensor([k // 2 for k in kernel_size], device=device)
+    if n == 0:
+        return NeighborMap(torch.zeros(0, offs.shape[0], dtype=torch.int32), 0, True)
+    coords = ctx.indices.to(torch.int32).contiguous().numpy()
+    nbr = nk.subm_neighbors(coords, torch.tensor(ctx.spatial_shape).numpy(), offs.numpy(), ctx.keys().numpy(),
+                            torch.get_num_threads())
+    return NeighborMap(torch.from_numpy(nbr), n, True)
+
+
+def subm_map_from_neighbors(nmap: NeighborMap) -> KernelMap:
+    """The pair-list :class:`KernelMap` (as :func:`build_subm_map` gives it) of a submanifold NeighborMap."""
+    n, volume = nmap.nbr.shape
+    centre = volume // 2
+    if n == 0 or volume == 1:
+        return _empty_map(n, n, volume, nmap.nbr.device, centre)
+    half = nmap.nbr[:, :centre]
+    hit = (half >= 0).t()  # (centre, N)
+    kk, out_rows = hit.nonzero(as_tuple=True)  # sorted by offset, then output row
+    in_rows = half[out_rows, kk].long()
+    return mirrored_subm_map(in_rows, out_rows, hit.sum(1).tolist(), n)
 
 
 def kernel_offsets(kernel_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
