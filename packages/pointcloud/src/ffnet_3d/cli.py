@@ -109,6 +109,8 @@ def cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     json_path = Path(args.json)
     _refuse_existing([json_path], args.force)
+    if args.results and Path(args.results).is_dir():
+        _refuse_existing(sorted(Path(args.results).glob("*.txt")), args.force)
     device = _device(args.device)
     model, cfg, meta = load_model(args.checkpoint, device)
     if args.set:
@@ -232,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="labelled KITTI-layout directory (default: $FFNET_DATA_DIR/pointcloud/kitti)")
     e.add_argument("--ids", help="comma-separated frame ids or a file listing them")
     e.add_argument("--json", default="ffnet3d_eval.json", help="where to write the AP JSON")
-    e.add_argument("--results", help="also write KITTI result files here")
+    e.add_argument("--results", help="also write KITTI result files here (the AP is computed from exactly these "
+                                     "lines)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)

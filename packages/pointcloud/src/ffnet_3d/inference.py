@@ -11,12 +11,12 @@ from .boxes import Calibration
 from .centerpoint import decode
 from .config import Config
 from .data import KittiDetectionDataset, collate, prepare_points  # noqa: F401
-from .io import KittiObjects, write_label
+from .io import KittiObjects, atomic_write_text, parse_label_lines
 from .kitti_eval import kitti_eval
 from .synth import synth_calibration
 from .voxelize import voxelize_numba
 
-__all__ = ["predict", "predictions_to_kitti", "evaluate", "detect_points"]
+__all__ = ["predict", "predictions_to_kitti", "as_written", "evaluate", "detect_points"]
 
 
 @torch.no_grad()
@@ -37,9 +37,25 @@ def predictions_to_kitti(det: dict, calib: Calibration, image_shape) -> KittiObj
                                          image_shape=image_shape)
 
 
+def as_written(objs: KittiObjects, source: str = "<result>") -> tuple[KittiObjects, list[str]]:
+    """``(objects as a KITTI result file stores them, the file's lines)``.
+
+    Result lines carry 2 decimals (4 for the score); the KITTI devkit and every outside evaluator
+    score those, so :func:`evaluate` scores them too rather than the full-precision boxes.
+    """
+    lines = objs.to_lines()
+    if not lines:
+        return objs.select(np.zeros(len(objs), dtype=bool)), lines  # keeps an (empty) score array
+    return parse_label_lines(lines, source), lines
+
+
 def evaluate(model, data_dir, cfg: Config, device="cpu", ids=None, batch_size: int = 4, result_dir=None,
              progress: bool = True) -> tuple[dict, list[KittiObjects]]:
-    """Run the model over a labelled KITTI-layout directory -> (kitti_eval result, detections)."""
+    """Run the model over a labelled KITTI-layout directory -> (kitti_eval result, detections).
+
+    Detections are scored exactly as their KITTI result lines read (:func:`as_written`), so the
+    AP equals what the devkit computes from the files written to ``result_dir``.
+    """
     ds = KittiDetectionDataset(data_dir, cfg, model.out_size, model.feature_map_stride, ids=ids, training=False)
     if not ds.has_labels:
         raise ValueError(f"{ds.frames.split_dir}: evaluation needs label_2/ for every frame")
@@ -53,11 +69,11 @@ def evaluate(model, data_dir, cfg: Config, device="cpu", ids=None, batch_size: i
     for batch in it:
         for det, gt, calib, shape, fid in zip(predict(model, batch, cfg, device), batch["gt"], batch["calib"],
                                               batch["image_shape"], batch["frame_ids"]):
-            objs = predictions_to_kitti(det, calib, shape)
+            objs, lines = as_written(predictions_to_kitti(det, calib, shape), f"{fid}.txt")
             gts.append(gt)
             dts.append(objs)
             if result_dir is not None:
-                write_label(Path(result_dir) / f"{fid}.txt", objs)
+                atomic_write_text(Path(result_dir) / f"{fid}.txt", "\n".join(lines) + ("\n" if lines else ""))
     return kitti_eval(gts, dts, classes=cfg.data.classes, metrics=("bev", "3d")), dts
 
 
