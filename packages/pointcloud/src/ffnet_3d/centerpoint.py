@@ -154,8 +154,11 @@ def centerpoint_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tens
 
 @torch.no_grad()
 def decode(out: dict[str, torch.Tensor], point_cloud_range, voxel_size, stride: int, score_thresh: float = 0.1,
-           nms_thresh: float = 0.1, topk: int = 500, post_max: int = 100) -> list[dict[str, torch.Tensor]]:
-    """Head maps -> per-sample ``{"boxes" (K, 7), "scores" (K,), "labels" (K,)}`` (labels 0-based)."""
+           nms_thresh: float = 0.1, topk: int = 500, post_max: int = 100, timer=None) -> list[dict[str, torch.Tensor]]:
+    """Head maps -> per-sample ``{"boxes" (K, 7), "scores" (K,), "labels" (K,)}`` (labels 0-based).
+
+    ``timer``: an optional :class:`ffnet_3d.inference.StageTimer`; the NMS is timed as stage ``"nms"``.
+    """
     hm = torch.sigmoid(out["hm"].float())
     b, k, h, w = hm.shape
     peak = F.max_pool2d(hm, 3, stride=1, padding=1)
@@ -182,7 +185,11 @@ def decode(out: dict[str, torch.Tensor], point_cloud_range, voxel_size, stride: 
         keep = scores[i] > score_thresh
         bx, sc, lb = boxes[i][keep], scores[i][keep], labels[i][keep]
         if len(bx):
-            kept = rotated_nms(bx, sc, nms_thresh)
+            if timer is not None:
+                with timer("nms"):
+                    kept = rotated_nms(bx, sc, nms_thresh)
+            else:
+                kept = rotated_nms(bx, sc, nms_thresh)
             kept = kept[:post_max].to(bx.device)
             bx, sc, lb = bx[kept], sc[kept], lb[kept]
         results.append({"boxes": bx, "scores": sc, "labels": lb})

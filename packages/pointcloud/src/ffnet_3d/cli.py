@@ -137,21 +137,27 @@ def cmd_detect(args) -> int:
     out = Path(args.output)
     txt, png, js = out / f"{stem}.txt", out / f"{stem}_bev.png", out / f"{stem}.json"
     _refuse_existing([txt, png, js], args.force)
+    import time
+
+    t_start = time.perf_counter()
     # validate the inputs before the heavy imports (torch, the model)
     from .io import read_calib, read_points
 
-    points = read_points(scan)
-    calib_path = args.calib
-    if calib_path is None:
-        sibling = scan.parent.parent / "calib" / f"{stem}.txt"
-        calib_path = sibling if sibling.is_file() else None
-    calib = read_calib(calib_path) if calib_path is not None else None
+    def read():
+        pts = read_points(scan)
+        calib_path = args.calib
+        if calib_path is None:
+            sibling = scan.parent.parent / "calib" / f"{stem}.txt"
+            calib_path = sibling if sibling.is_file() else None
+        return pts, (read_calib(calib_path) if calib_path is not None else None)
+
+    points, calib = read()
 
     import numpy as np
     import torch
 
     from .checkpoint import load_model
-    from .inference import default_calibration, detect_points, predictions_to_kitti
+    from .inference import StageTimer, default_calibration, detect_points, predictions_to_kitti
     from .io import atomic_write_text, read_label
     from .viz import bev_png, render_open3d
 
@@ -159,6 +165,16 @@ def cmd_detect(args) -> int:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     model, cfg, _ = load_model(args.checkpoint, device)
+    timer = None
+    if args.profile:
+        # one untimed pass first: numba's compiled-kernel loading and torch's first-call allocations are
+        # one-off start-up costs, reported apart from the per-scan stages
+        t_warm = time.perf_counter()
+        detect_points(model, cfg, points, calib, (375, 1242), device)
+        warm = time.perf_counter() - t_warm
+        timer = StageTimer()
+        with timer("read"):
+            points, calib = read()
     if args.score_thresh is not None:
         cfg.test.score_thresh = args.score_thresh
     image_shape = (375, 1242)
@@ -167,10 +183,13 @@ def cmd_detect(args) -> int:
         from .io import KittiFrames
 
         image_shape = KittiFrames(scan.parent.parent).image_shape(stem)
-    det = detect_points(model, cfg, points, calib, image_shape, device)
+    det = detect_points(model, cfg, points, calib, image_shape, device, timer=timer)
+    t_lines = time.perf_counter()
     used_calib = calib if calib is not None else default_calibration()
     objs = predictions_to_kitti(det, used_calib, image_shape)
     lines = objs.to_lines()
+    if timer is not None:
+        timer.wall["lines"], timer.cpu["lines"] = time.perf_counter() - t_lines, 0.0
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(txt, "\n".join(lines) + ("\n" if lines else ""))
     atomic_write_text(js, json.dumps({"scan": str(scan), "frame": "lidar", "box": "x y z dx dy dz heading",
@@ -186,11 +205,19 @@ def cmd_detect(args) -> int:
         gt = gt.select(np.isin(gt.name, list(cfg.data.classes)))
         gt_boxes, gt_names = gt.boxes_lidar(calib), gt.name
     pr = cfg.data.point_cloud_range
+    t_png = time.perf_counter()
     bev_png(png, points, det["boxes"], det["names"], det["scores"], gt_boxes, gt_names,
             xlim=(pr[0], pr[3]), ylim=(pr[1], pr[4]), title=f"{scan.name}: {len(lines)} detections")
     for line in lines:
         print(line)
     print(f"wrote {txt}, {png}, {js}", file=sys.stderr)
+    if timer is not None:
+        timer.wall["png"], timer.cpu["png"] = time.perf_counter() - t_png, 0.0
+        print(f"\nprofile of {scan.name} ({torch.get_num_threads()} torch threads, device {device}; "
+              f"wall = perf_counter, CPU = process time; 'lines' and 'png' wall only):", file=sys.stderr)
+        print(timer.table(exclude=("png",)), file=sys.stderr)
+        print(f"start-up, not in the total: {t_warm - t_start:.2f} s to import and load the model, {warm:.2f} s "
+              f"for an untimed first pass (loads numba's cached kernels, allocator warm-up)", file=sys.stderr)
     if args.render:
         ok = render_open3d(out / f"{stem}_3d.png", points, det["boxes"], gt_boxes)
         print(f"open3d render: {'wrote ' + str(out / (stem + '_3d.png')) if ok else 'skipped (no Vulkan driver)'}",
@@ -254,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--render", action="store_true", help="also an open3d offscreen render (needs Vulkan)")
     d.add_argument("--device", default="auto")
     d.add_argument("--threads", type=int)
+    d.add_argument("--profile", action="store_true",
+                   help="print a per-stage timing table (read, crop, voxelize, encoder, BEV, neck, head, decode, "
+                        "NMS, KITTI lines; PNG listed apart) to stderr, after one untimed warm-up pass")
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=cmd_detect)
     return p

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,26 +12,105 @@ import torch
 from .boxes import Calibration
 from .centerpoint import decode
 from .config import Config
-from .data import KittiDetectionDataset, collate, prepare_points  # noqa: F401
+from .data import KittiDetectionDataset, collate, in_range_mask, prepare_points  # noqa: F401
 from .io import KittiObjects, atomic_write_text, parse_label_lines
 from .kitti_eval import kitti_eval
 from .synth import synth_calibration
 from .voxelize import voxelize_numba
 
-__all__ = ["predict", "predictions_to_kitti", "as_written", "evaluate", "detect_points"]
+__all__ = ["predict", "predictions_to_kitti", "as_written", "evaluate", "detect_points", "StageTimer",
+           "DETECT_STAGES", "forward_staged", "voxel_batch", "detect_batch",
+           "crop_points"]
+
+# The stages of `ffnet-3d detect`, in order (``lines`` and ``png`` are timed by the CLI).
+DETECT_STAGES = ("read", "crop", "voxelize", "encoder", "bev", "neck", "head", "decode", "nms", "lines")
+
+
+class StageTimer:
+    """Wall and CPU (process) time per named stage, summed over repeated entries.
+
+    ``with timer("neck"): ...``; nested stages are allowed (``nms`` inside ``decode``) and are
+    subtracted from their parent, so the stages add up to the total.
+    """
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._stack: list[list[float]] = []
+
+    @contextmanager
+    def __call__(self, name: str):
+        child = [0.0, 0.0]  # time spent in nested stages
+        self._stack.append(child)
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            self._stack.pop()
+            self.wall[name] = self.wall.get(name, 0.0) + dt - child[0]
+            self.cpu[name] = self.cpu.get(name, 0.0) + dc - child[1]
+            if self._stack:
+                self._stack[-1][0] += dt
+                self._stack[-1][1] += dc
+
+    def total(self, exclude=()) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds over all stages except ``exclude``."""
+        keys = [k for k in self.wall if k not in exclude]
+        return sum(self.wall[k] for k in keys), sum(self.cpu[k] for k in keys)
+
+    def table(self, exclude=("png",)) -> str:
+        """Markdown table (ms); the total leaves out ``exclude`` (listed below it)."""
+        lines = ["| stage | wall (ms) | CPU (ms) |", "|---|---:|---:|"]
+        order = [k for k in DETECT_STAGES if k in self.wall] + [k for k in self.wall if k not in DETECT_STAGES]
+        for k in order:
+            if k not in exclude:
+                lines.append(f"| {k} | {1000 * self.wall[k]:.1f} | {1000 * self.cpu[k]:.1f} |")
+        wall, cpu = self.total(exclude)
+        lines.append(f"| **total** | **{1000 * wall:.1f}** | **{1000 * cpu:.1f}** |")
+        for k in order:
+            if k in exclude:
+                lines.append(f"| ({k}, not in total) | {1000 * self.wall[k]:.1f} | {1000 * self.cpu[k]:.1f} |")
+        return "\n".join(lines)
+
+
+@contextmanager
+def _nullstage(name: str):
+    yield
+
+
+def forward_staged(model, voxel_features, voxel_coords, batch_size: int, timer: StageTimer | None = None):
+    """``model(voxel_features, voxel_coords, batch_size)`` with the encoder / BEV / neck / head timed.
+
+    Same computation as :meth:`ffnet_3d.model.Detector.forward` (tested equal).
+    """
+    from ffnet.sparse import SparseTensor, to_bev
+
+    stage = timer or _nullstage
+    with stage("encoder"):
+        feats = (voxel_features - model.feat_center) / model.feat_scale
+        x = SparseTensor(feats, voxel_coords.int(), model.sparse_shape, batch_size)
+        x = model.encoder.forward_features(x)
+    with stage("bev"):
+        x = to_bev(x)
+    with stage("neck"):
+        x = model.neck(x)
+    with stage("head"):
+        return model.forward_head(x)
 
 
 @torch.no_grad()
-def predict(model, batch: dict, cfg: Config, device) -> list[dict]:
+def predict(model, batch: dict, cfg: Config, device, timer: StageTimer | None = None) -> list[dict]:
     """Decoded detections per frame: numpy ``boxes`` (K, 7) LiDAR, ``scores``, ``names``."""
     model.eval()
-    out = model(batch["voxels"].to(device), batch["coords"].to(device), batch["batch_size"])
+    out = forward_staged(model, batch["voxels"].to(device), batch["coords"].to(device), batch["batch_size"], timer)
     t = cfg.test
-    dets = decode(out, cfg.data.point_cloud_range, cfg.data.voxel_size, model.feature_map_stride,
-                  t.score_thresh, t.nms_thresh, t.topk, t.post_max)
-    classes = np.asarray(cfg.data.classes)
-    return [{"boxes": d["boxes"].cpu().double().numpy(), "scores": d["scores"].cpu().double().numpy(),
-             "names": classes[d["labels"].cpu().numpy()]} for d in dets]
+    with (timer or _nullstage)("decode"):
+        dets = decode(out, cfg.data.point_cloud_range, cfg.data.voxel_size, model.feature_map_stride,
+                      t.score_thresh, t.nms_thresh, t.topk, t.post_max, timer=timer)
+        classes = np.asarray(cfg.data.classes)
+        return [{"boxes": d["boxes"].cpu().double().numpy(), "scores": d["scores"].cpu().double().numpy(),
+                 "names": classes[d["labels"].cpu().numpy()]} for d in dets]
 
 
 def predictions_to_kitti(det: dict, calib: Calibration, image_shape) -> KittiObjects:
@@ -77,18 +158,52 @@ def evaluate(model, data_dir, cfg: Config, device="cpu", ids=None, batch_size: i
     return kitti_eval(gts, dts, classes=cfg.data.classes, metrics=("bev", "3d")), dts
 
 
+def crop_points(points: np.ndarray, cfg: Config, calib: Calibration | None, image_shape) -> np.ndarray:
+    """:func:`ffnet_3d.data.prepare_points` (range + field-of-view filter, same points in the same order),
+    with the cheap range test first so that only in-range points are projected into the image."""
+    points = points[in_range_mask(points, cfg.data.point_cloud_range)]
+    if cfg.data.fov_only and calib is not None:
+        points = points[calib.fov_mask(points, image_shape)]
+    return points
+
+
+def voxel_batch(point_sets: list[np.ndarray], cfg: Config) -> dict:
+    """Voxelize cropped scans into one batch (``voxels`` mean features, ``coords`` [b, z, y, x])."""
+    d = cfg.data
+    feats, coords = [], []
+    for b, pts in enumerate(point_sets):
+        vox, c, num, _ = voxelize_numba(pts, d.voxel_size, d.point_cloud_range, d.max_points_per_voxel,
+                                        d.max_voxels_test)
+        feats.append(torch.from_numpy(vox.sum(1) / np.maximum(num, 1)[:, None].astype(np.float32)))
+        coords.append(torch.cat([torch.full((len(c), 1), b, dtype=torch.int32), torch.from_numpy(c)], 1))
+    return {"voxels": torch.cat(feats), "coords": torch.cat(coords), "batch_size": len(point_sets)}
+
+
 @torch.no_grad()
 def detect_points(model, cfg: Config, points: np.ndarray, calib: Calibration | None = None,
-                  image_shape=(375, 1242), device="cpu") -> dict:
-    """Detect on one scan. Without a calibration the field-of-view filter is skipped."""
-    d = cfg.data
-    pts = prepare_points(points, cfg, calib, image_shape)
-    vox, coords, num, _ = voxelize_numba(pts, d.voxel_size, d.point_cloud_range, d.max_points_per_voxel,
-                                         d.max_voxels_test)
-    feats = vox.sum(1) / np.maximum(num, 1)[:, None].astype(np.float32)
-    batch = {"voxels": torch.from_numpy(feats), "batch_size": 1,
-             "coords": torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), torch.from_numpy(coords)], 1)}
-    return predict(model, batch, cfg, device)[0]
+                  image_shape=(375, 1242), device="cpu", timer: StageTimer | None = None) -> dict:
+    """Detect on one scan. Without a calibration the field-of-view filter is skipped.
+
+    ``timer`` records the stages crop, voxelize, encoder, bev, neck, head, decode and nms.
+    """
+    stage = timer or _nullstage
+    with stage("crop"):
+        pts = crop_points(points, cfg, calib, image_shape)
+    with stage("voxelize"):
+        batch = voxel_batch([pts], cfg)
+    return predict(model, batch, cfg, device, timer)[0]
+
+
+@torch.no_grad()
+def detect_batch(model, cfg: Config, scans: list[tuple[np.ndarray, Calibration | None, tuple[int, int]]],
+                 device="cpu", timer: StageTimer | None = None) -> list[dict]:
+    """Detect on several scans in one forward pass: ``scans`` = ``[(points, calib, image_shape), ...]``."""
+    stage = timer or _nullstage
+    with stage("crop"):
+        pts = [crop_points(p, cfg, c, s) for p, c, s in scans]
+    with stage("voxelize"):
+        batch = voxel_batch(pts, cfg)
+    return predict(model, batch, cfg, device, timer)
 
 
 def default_calibration() -> Calibration:
