@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features-only", action="store_true", help="export the backbone's 4 feature maps")
     p.add_argument("--batch-size", type=int, default=2, help="example batch size (the batch axis is dynamic)")
     p.add_argument("--static-hw", action="store_true", help="fix H and W to --img-size (default: dynamic)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 17 (default 20: native Gelu)")
     p.add_argument("--force", action="store_true", help="overwrite --output")
     p.set_defaults(func=_export)
     args = parser.parse_args(argv)

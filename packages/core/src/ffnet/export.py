@@ -8,11 +8,16 @@ lazily (``import ffnet`` never pulls them); install them with the ``ffnet-core[o
 Choices (measured, see the root README "Deployment (ONNX)"):
 
 * Exporter: torch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``, the default and
-  the maintained one since torch 2.9), opset 18. Both it and the deprecated TorchScript exporter
+  the maintained one since torch 2.9). Both it and the deprecated TorchScript exporter
   export the fused FFNet graphs exactly (< 1e-6 relative); the dynamo graph is the cleaner one
   (PixelShuffle -> one ``DepthToSpace``, no ``Constant``/``Cast``/``Tile`` chains around
   ``repeat_interleave``), its dynamic axes come from ``torch.export`` shape analysis instead of
   being asserted by name, and the TorchScript exporter warns that it is deprecated.
+* Opset 20 by default: from opset 20 the exporter emits ONNX's native ``Gelu`` op. At opset 17-19 GELU
+  becomes a ``Div/Erf/Add/Mul/Mul`` chain that ORT 1.32 does not fuse back, and at ``ORT_ENABLE_ALL`` its
+  NCHWc layout pass then wraps every such chain in ``ReorderInput``/``ReorderOutput`` (15 reorders in
+  ``ffnet_test`` vs 4 with ``Gelu``, which stays inside NCHWc and lets residual adds fuse into the convs).
+  ``--opset 17`` remains available for runtimes older than ORT 1.16.
 * Always the fused (re-parameterized) graph: :func:`fuse_for_export` folds a *copy* of the model and
   refuses models that cannot be folded (sparse layers, a unit whose ``reparameterize`` fails).
 * One self-contained ``.onnx`` file (``external_data=False``: the dynamo exporter would otherwise put
@@ -21,8 +26,8 @@ Choices (measured, see the root README "Deployment (ONNX)"):
 * Metadata: ``metadata_props`` (key -> string); strings are stored as they are, everything else as
   JSON, so :func:`read_metadata` gives the values back with their types.
 * Runtime: the CPU provider (PyPI's ``onnxruntime``); ``CUDAExecutionProvider`` only when the
-  installed runtime offers it. GELU is exported as its exact ``Erf`` form, so ORT matches eager
-  PyTorch to float rounding.
+  installed runtime offers it. GELU stays the exact (erf) GELU at every opset, so ORT matches
+  eager PyTorch to float rounding.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ __all__ = ["ExportError", "DEFAULT_OPSET", "fuse_for_export", "export_onnx", "re
            "create_session", "OnnxRuntimeModel", "onnx_available", "ORT_OPTIMIZATION_LEVELS", "export_backbone",
            "load_backbone_state"]
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 20
 ORT_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 

@@ -22,7 +22,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
-from ffnet.export import ExportError, export_onnx, fuse_for_export
+from ffnet.export import DEFAULT_OPSET, ExportError, export_onnx, fuse_for_export
 from torch import nn
 
 from .model import HEAD_CHANNELS
@@ -53,7 +53,7 @@ def _version() -> str:
         return "unknown"
 
 
-def export_dense_head(detector: nn.Module, output: str | Path, *, source: str = "", opset: int = 18,
+def export_dense_head(detector: nn.Module, output: str | Path, *, source: str = "", opset: int = DEFAULT_OPSET,
                       force: bool = False) -> Path:
     """Fuse the detector's neck + head and export them (see the module docstring)."""
     cfg = detector.cfg
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ffnet_3d.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", help="weights / training state (default: the shipped checkpoint)")
     p.add_argument("-o", "--output", required=True, help="output .onnx")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 17 (default 20: native Gelu)")
     p.add_argument("--force", action="store_true", help="overwrite --output")
     a = p.parse_args(argv)
     from .checkpoint import SHIPPED_CHECKPOINT, load_model

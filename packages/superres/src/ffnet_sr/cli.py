@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", help="with --onnx: variant of the shipped weights / of a bare state dict")
     x.add_argument("-s", "--scale", type=_scale, default=None, help="with --onnx: scale of the shipped weights")
     x.add_argument("--weights", help="with --onnx: a .safetensors weights file instead of a checkpoint")
-    x.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    x.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 17 (default 20: native Gelu)")
     x.add_argument("--force", action="store_true", help="with --onnx: overwrite OUT.onnx")
     x.add_argument("--key", default="params_ema", choices=["params_ema", "params"])
     x.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="extra metadata to store")

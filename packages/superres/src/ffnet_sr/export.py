@@ -19,7 +19,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
-from ffnet.export import ExportError, OnnxRuntimeModel, export_onnx, fuse_for_export
+from ffnet.export import DEFAULT_OPSET, ExportError, OnnxRuntimeModel, export_onnx, fuse_for_export
 from torch import nn
 
 __all__ = ["SRExportWrapper", "load_sr_model", "export_sr_onnx", "onnx_upscaler", "cache_dir"]
@@ -137,7 +137,7 @@ def _variant_name(net_cfg: dict) -> str:
 
 
 def export_sr_onnx(net: nn.Module, scale: int, output: str | os.PathLike, *, net_cfg: dict, source: str = "",
-                   opset: int = 18, force: bool = False, extra: dict | None = None) -> Path:
+                   opset: int = DEFAULT_OPSET, force: bool = False, extra: dict | None = None) -> Path:
     """Fuse ``net`` and write the deploy graph (see the module docstring) with its metadata."""
     fused = fuse_for_export(net)
     wrapper = SRExportWrapper(fused).eval()

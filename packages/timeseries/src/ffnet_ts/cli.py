@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", required=True, help="checkpoint_H*.pt written by `ffnet-ts forecast`")
     ex.add_argument("--onnx", required=True, metavar="OUT.onnx",
                     help="output: history (batch, lookback, variables) -> forecast (batch, horizon, outputs)")
-    ex.add_argument("--opset", type=int, default=18)
+    ex.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 17 (default 20: native Gelu)")
     ex.add_argument("--force", action="store_true", help="overwrite OUT.onnx")
     ex.set_defaults(func=cmd_export)
 

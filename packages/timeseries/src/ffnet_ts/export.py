@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ffnet.export import ExportError, OnnxRuntimeModel, export_onnx, fuse_for_export
+from ffnet.export import DEFAULT_OPSET, ExportError, OnnxRuntimeModel, export_onnx, fuse_for_export
 from torch import nn
 
 __all__ = ["RawUnitsForecaster", "export_checkpoint", "onnx_predictor", "build_from_checkpoint", "export_cli"]
@@ -92,7 +92,7 @@ def build_from_checkpoint(ckpt: dict) -> tuple[RawUnitsForecaster, dict]:
     return wrapper, meta
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, opset: int = 18,
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                       force: bool = False) -> Path:
     """``ffnet-ts export --onnx``: a forecast checkpoint -> fused raw-units ONNX graph with metadata."""
     from .fastconv import stock_ops
