@@ -1,19 +1,27 @@
 """FFNet-3D benchmark: sparse backbone latency / memory on real KITTI frames, and AP vs a SECOND baseline.
 
-(a) Backbone forward latency and peak memory on the six real KITTI frames ($FFNET_DATA_DIR), standard
-    KITTI grid (0.05 x 0.05 x 0.1 m, camera field of view), same voxels for every backbone:
-    our sparse FFNet encoder (``kitti`` preset, re-parameterized, eval) vs a SECOND ``VoxelBackBone8x``
-    of similar parameter count (``second_kitti``), each on the pure-PyTorch and the spconv sparse
-    implementation. Each (backbone, implementation) runs in its own child process so that its peak
-    RSS (CPU) or ``max_memory_allocated`` (CUDA) is its own. Untrained weights: latency does not
-    depend on them (BN statistics are set to non-trivial values before fusing).
+(a) Backbone forward latency on the six real KITTI frames ($FFNET_DATA_DIR), standard KITTI grid
+    (0.05 x 0.05 x 0.1 m, camera field of view), same voxels for every backbone: our sparse FFNet
+    encoder (``kitti`` preset, re-parameterized, eval) vs a SECOND ``VoxelBackBone8x`` of similar
+    parameter count (``second_kitti``), on the pure-PyTorch implementation (its depthwise convs on
+    the fused numba kernel; ``torch-ref``: the same with ``FFNET_SPARSE_FUSED=0``, the plain-torch
+    reference kernel) and on spconv. One child process per (implementation, thread count) holds all
+    backbones and runs them interleaved frame by frame (the machine is shared: load hits all alike);
+    wall and CPU (process) time are both reported, and ratios to SECOND. ``--memory`` adds one child
+    per backbone for its own peak RSS. Untrained weights: latency does not depend on them (BN
+    statistics are set to non-trivial values before fusing).
+(c) The whole ``ffnet-3d detect`` pipeline on the six real frames with the shipped checkpoint:
+    read -> crop -> voxelize -> encoder -> BEV -> neck -> head -> decode -> NMS -> KITTI lines (the
+    PNG and interpreter start-up excluded), per-stage medians, the median end-to-end time per scan,
+    and the throughput of batches of 8 scans (scans / s), at each thread count.
 (b) Car / Pedestrian / Cyclist AP (R40, BEV and 3D, easy / moderate / hard) on a fixed synthetic
     validation set (``ffnet-3d synth --seed 1000 --n 100``, generated if missing) for our detector
     and the SECOND-style baseline, both trained with the same recipe and step budget
     (``--train`` trains them here; otherwise the given run directories / checkpoints are evaluated).
 
 Usage (the README's numbers):
-    nice -n 10 uv run python benchmarks/pointcloud.py --threads 1 \\
+    nice -n 10 uv run python benchmarks/pointcloud.py --threads 1 2 --skip-ap          # (a) + (c)
+    nice -n 10 uv run python benchmarks/pointcloud.py --threads 1 --skip-latency --skip-detect \\
         --ours runs/ffnet3d_synth_cpu/model.safetensors --baseline runs/second_synth_cpu/model.safetensors
 
 Writes benchmarks/results/pointcloud.json and benchmarks/results/pointcloud.md.
@@ -51,9 +59,13 @@ def _count_macs(enc, run, inputs) -> float:
             return
         ks = mod.kernel_size
         if isinstance(mod, SubMConv3d):
+            nmap = x.cache.get(("torch", "subm-nbr", ks))  # the fused depthwise kernel's map (centre included)
             kmap = x.cache.get(("torch", "subm", ks))
-            pairs = 0 if kmap is None else kmap.num_pairs
-            pairs += x.features.shape[0] if kmap is None or kmap.identity_offset is not None else 0
+            if nmap is not None:
+                pairs = nmap.num_pairs
+            else:
+                pairs = 0 if kmap is None else kmap.num_pairs
+                pairs += x.features.shape[0] if kmap is None or kmap.identity_offset is not None else 0
         else:
             kmap = x.cache.get(("torch", "conv", ks, mod.stride, mod.padding))
             pairs = kmap[0].num_pairs if kmap is not None else 0
@@ -69,24 +81,17 @@ def _count_macs(enc, run, inputs) -> float:
     return total[0] / len(inputs)
 
 
-def _child_latency(backbone: str, impl: str, rounds: int, threads: int, device: str) -> dict:
-    import numpy as np
+def _build_encoder(backbone: str, impl: str, device: str):
     import torch
-
-    torch.set_num_threads(threads)
     from ffnet import reparameterize_model
-    from ffnet.sparse import SparseTensor
     from ffnet_3d.config import get_preset
-    from ffnet_3d.data import prepare_points
-    from ffnet_3d.io import KittiFrames, data_root
-    from ffnet_3d.model import Detector, count_parameters
-    from ffnet_3d.voxelize import voxelize_numba
+    from ffnet_3d.model import Detector
 
     preset = "second_kitti" if backbone == "second" else "kitti"
     cfg = get_preset(preset)
     if backbone == "ffnet3d-k3335":  # smaller depthwise kernels (the CPU recipe's choice)
         cfg.model.kernel_sizes = (3, 3, 3, 5)
-    cfg.model.sparse_impl = impl
+    cfg.model.sparse_impl = "torch" if impl == "torch-ref" else impl
     torch.manual_seed(0)
     det = Detector(cfg)
     enc = det.encoder
@@ -97,8 +102,25 @@ def _child_latency(backbone: str, impl: str, rounds: int, threads: int, device: 
             mod.running_var.uniform_(0.5, 1.5)
     enc.eval()
     reparameterize_model(enc)
-    enc.to(device)
+    return det, enc.to(device), cfg
+
+
+def _child_latency(backbones: list[str], impl: str, rounds: int, threads: int, device: str) -> list[dict]:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    if impl == "torch-ref":
+        os.environ["FFNET_SPARSE_FUSED"] = "0"
+    from ffnet.sparse import SparseTensor
+    from ffnet_3d.data import prepare_points
+    from ffnet_3d.io import KittiFrames, data_root
+    from ffnet_3d.model import count_parameters
+    from ffnet_3d.voxelize import voxelize_numba
+
+    models = {b: _build_encoder(b, impl, device) for b in backbones}
     frames = KittiFrames(data_root() / "kitti")
+    cfg = next(iter(models.values()))[2]
     d = cfg.data
     inputs = []
     for fid in frames.ids:
@@ -109,57 +131,165 @@ def _child_latency(backbone: str, impl: str, rounds: int, threads: int, device: 
         c = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), torch.from_numpy(coords)], 1)
         inputs.append((fid, torch.from_numpy(feats).to(device), c.to(device), len(coords)))
 
-    def run(feats, coords):
-        x = SparseTensor((feats - det.feat_center.to(device)) / det.feat_scale.to(device), coords, det.sparse_shape, 1)
-        out = enc(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return out
+    def runner(det, enc):
+        def run(feats, coords):
+            x = SparseTensor((feats - det.feat_center.to(device)) / det.feat_scale.to(device), coords,
+                             det.sparse_shape, 1)
+            out = enc(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return out
 
+        return run
+
+    runs = {b: runner(det, enc) for b, (det, enc, _) in models.items()}
     with torch.no_grad():
-        run(*inputs[0][1:3])  # warm-up (spconv import / kernels)
+        t0 = time.perf_counter()
+        for run in runs.values():
+            run(*inputs[0][1:3])  # warm-up (numba kernel loading / spconv import / allocator)
+        warmup_s = time.perf_counter() - t0
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        per_frame = {fid: [] for fid, *_ in inputs}
-        cpu_times = []
+        wall = {b: {fid: [] for fid, *_ in inputs} for b in runs}
+        cpu = {b: {fid: [] for fid, *_ in inputs} for b in runs}
+        shapes = {}
         for _ in range(rounds):
             for fid, feats, coords, _n in inputs:
-                t0, c0 = time.perf_counter(), time.process_time()
-                out = run(feats, coords)
-                per_frame[fid].append(time.perf_counter() - t0)
-                cpu_times.append(time.process_time() - c0)
+                for b, run in runs.items():  # interleaved: every backbone sees the same load
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    out = run(feats, coords)
+                    wall[b][fid].append(time.perf_counter() - t0)
+                    cpu[b][fid].append(time.process_time() - c0)
+                    shapes[b] = list(out.shape[1:])
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    macs = _count_macs(enc, run, inputs) if impl == "torch" else None
-    lat = [min(v) for v in per_frame.values()]  # best of rounds per frame (least disturbed by other load)
+    rows = []
+    for b, (det, enc, _) in models.items():
+        macs = _count_macs(enc, runs[b], inputs) if impl != "spconv" else None
+        lat = [min(v) for v in wall[b].values()]  # best of rounds per frame (least disturbed by other load)
+        cpu_t = [min(v) for v in cpu[b].values()]
+        row = {
+            "backbone": b, "impl": impl, "device": device, "threads": threads,
+            "params": count_parameters(enc), "gmacs": None if macs is None else round(macs / 1e9, 2),
+            "bev_shape": shapes[b], "voxels_per_frame": [n for *_, n in inputs],
+            "latency_ms_per_frame": {fid: round(1000 * t, 1) for fid, t in zip(wall[b], lat)},
+            "latency_ms_mean": round(1000 * statistics.mean(lat), 1),
+            "cpu_ms_mean": round(1000 * statistics.mean(cpu_t), 1),
+            "warmup_s_all_backbones": round(warmup_s, 2),
+        }
+        if len(models) == 1:
+            row["peak_mem_mb"] = (round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if device.startswith("cuda")
+                                  else round(max(peak_rss - base_rss, 0) / 1024, 1))
+        rows.append(row)
+    return rows
+
+
+BACKBONES = ("ffnet3d", "ffnet3d-k3335", "second")
+LATENCY_IMPLS = ("torch", "torch-ref", "spconv")
+
+
+def _run_child(args: list[str]) -> tuple[list | dict | None, str]:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        return None, (res.stderr.strip().splitlines() or ["?"])[-1]
+    return json.loads(res.stdout.strip().splitlines()[-1]), ""
+
+
+def latency_table(rounds: int, threads: int, device: str, memory: bool = False) -> list[dict]:
+    rows = []
+    for impl in LATENCY_IMPLS:
+        out, err = _run_child(["--child", ",".join(BACKBONES), impl, "--rounds", str(rounds), "--threads",
+                               str(threads), "--device", device])
+        if out is None:
+            rows += [{"backbone": b, "impl": impl, "threads": threads, "error": err} for b in BACKBONES]
+            continue
+        if memory:
+            for r in out:
+                mem, _ = _run_child(["--child", r["backbone"], impl, "--rounds", "1", "--threads", str(threads),
+                                     "--device", device])
+                r["peak_mem_mb"] = mem[0].get("peak_mem_mb") if mem else None
+        rows += out
+        for r in out:
+            print(f"  {threads} thr {r['backbone']:14s} {impl:9s} {r['latency_ms_mean']:8.1f} ms wall "
+                  f"{r['cpu_ms_mean']:8.1f} ms CPU", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------- (c) detect pipeline
+def _child_detect(threads: int, rounds: int, checkpoint: str | None, batch: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from ffnet_3d.checkpoint import load_model
+    from ffnet_3d.inference import DETECT_STAGES, StageTimer, detect_batch, detect_points, predictions_to_kitti
+    from ffnet_3d.io import KittiFrames, data_root, read_calib, read_points
+
+    frames = KittiFrames(data_root() / "kitti")
+    t0 = time.perf_counter()
+    model, cfg, meta = load_model(checkpoint, "cpu")
+    load_s = time.perf_counter() - t0
+
+    def one_scan(fid, timer):
+        with timer("read"):
+            pts = read_points(frames.velodyne(fid))
+            calib = read_calib(frames.calib_path(fid))
+            shape = frames.image_shape(fid)
+        det = detect_points(model, cfg, pts, calib, shape, "cpu", timer=timer)
+        with timer("lines"):
+            lines = predictions_to_kitti(det, calib, shape).to_lines()
+        return lines
+
+    t0 = time.perf_counter()
+    one_scan(frames.ids[0], StageTimer())  # start-up: numba kernel loading, first-call allocations
+    warm_s = time.perf_counter() - t0
+    per_frame: dict[str, list[StageTimer]] = {fid: [] for fid in frames.ids}
+    n_dets = {}
+    for _ in range(rounds):
+        for fid in frames.ids:
+            timer = StageTimer()
+            n_dets[fid] = len(one_scan(fid, timer))
+            per_frame[fid].append(timer)
+    best = {fid: min(ts, key=lambda t: t.total()[0]) for fid, ts in per_frame.items()}  # best round per frame
+    totals = {fid: t.total() for fid, t in best.items()}
+    stages = {s: {"wall_ms_median": round(1000 * statistics.median(t.wall.get(s, 0.0) for t in best.values()), 1),
+                  "cpu_ms_median": round(1000 * statistics.median(t.cpu.get(s, 0.0) for t in best.values()), 1)}
+              for s in DETECT_STAGES}
+    # batch of `batch` scans (the six frames, cycled), read + crop + voxelize + one forward + decode
+    ids = [frames.ids[i % len(frames.ids)] for i in range(batch)]
+    batch_times = []
+    for _ in range(max(2, rounds)):
+        t0 = time.perf_counter()
+        scans = [(read_points(frames.velodyne(f)), read_calib(frames.calib_path(f)), frames.image_shape(f))
+                 for f in ids]
+        dets = detect_batch(model, cfg, scans, "cpu")
+        for (_, calib, shape), det in zip(scans, dets):
+            predictions_to_kitti(det, calib, shape).to_lines()
+        batch_times.append(time.perf_counter() - t0)
     return {
-        "backbone": backbone, "impl": impl, "device": device, "threads": threads,
-        "params": count_parameters(enc), "gmacs": None if macs is None else round(macs / 1e9, 2), "bev_shape": list(out.shape[1:]),
-        "voxels_per_frame": [n for *_, n in inputs],
-        "latency_ms_per_frame": {fid: round(1000 * t, 1) for fid, t in zip(per_frame, lat)},
-        "latency_ms_mean": round(1000 * statistics.mean(lat), 1),
-        "cpu_ms_mean": round(1000 * statistics.mean(cpu_times), 1),
-        "peak_mem_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if device.startswith("cuda")
-        else round(max(peak_rss - base_rss, 0) / 1024, 1),
-        "peak_mem_kind": "cuda max_memory_allocated" if device.startswith("cuda")
-        else "RSS high-water increase during the timed forwards",
+        "threads": threads, "checkpoint": checkpoint or "shipped", "recipe_steps": meta.get("steps"),
+        "model_load_s": round(load_s, 2), "first_pass_s": round(warm_s, 2),
+        "per_frame_ms": {fid: round(1000 * w, 1) for fid, (w, _) in totals.items()},
+        "per_frame_cpu_ms": {fid: round(1000 * c, 1) for fid, (_, c) in totals.items()},
+        "detections": n_dets,
+        "median_ms": round(1000 * statistics.median(w for w, _ in totals.values()), 1),
+        "median_cpu_ms": round(1000 * statistics.median(c for _, c in totals.values()), 1),
+        "stages": stages,
+        "batch": batch, "batch_s_best": round(min(batch_times), 3),
+        "batch_scans_per_s": round(batch / min(batch_times), 2),
+        "single_scans_per_s": round(1000 / statistics.mean(1000 * w for w, _ in totals.values()), 2),
     }
 
 
-def latency_table(rounds: int, threads: int, device: str) -> list[dict]:
-    rows = []
-    for backbone in ("ffnet3d", "ffnet3d-k3335", "second"):
-        for impl in ("torch", "spconv"):
-            cmd = [sys.executable, __file__, "--child", backbone, impl, "--rounds", str(rounds),
-                   "--threads", str(threads), "--device", device]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                rows.append({"backbone": backbone, "impl": impl, "error": res.stderr.strip().splitlines()[-1:]})
-                continue
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-            print(f"  {backbone:8s} {impl:7s} {rows[-1]['latency_ms_mean']:8.1f} ms  "
-                  f"{rows[-1]['peak_mem_mb']:7.1f} MB  params {rows[-1]['params']}", flush=True)
-    return rows
+def detect_table(rounds: int, threads: int, checkpoint: str | None, batch: int) -> dict:
+    args = ["--detect-child", str(threads), "--rounds", str(rounds), "--batch", str(batch)]
+    if checkpoint:
+        args += ["--detect-checkpoint", checkpoint]
+    out, err = _run_child(args)
+    if out is None:
+        return {"threads": threads, "error": err}
+    print(f"  detect, {threads} thr: median {out['median_ms']} ms / scan (CPU {out['median_cpu_ms']} ms), "
+          f"batch of {batch}: {out['batch_scans_per_s']} scans/s", flush=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ (b) AP
@@ -208,27 +338,62 @@ def _fmt(v):
 
 def markdown(res: dict) -> str:
     lines = ["# FFNet-3D benchmark", "", f"Command: `{res['command']}`", "",
-             f"Machine: {res['machine']}; torch threads {res['threads']}; device {res['device']}.", ""]
+             f"Machine: {res['machine']}; torch threads {res['threads']}; device {res['device']}. "
+             f"Load average (1/5/15 min) at start {res.get('load_avg_at_start')}, at end {res.get('load_avg_at_end')}"
+             f"{': the machine was shared and loaded, wall times are inflated; compare the ratios and CPU times' if (res.get('load_avg_at_start') or [0])[0] > 1.5 else ''}.", ""]
     if res.get("latency"):
         lines += ["## (a) Sparse backbone forward on the six real KITTI frames (standard grid, FOV points)", "",
-                  "| backbone | sparse impl | params (fused) | GMACs / frame | mean latency (ms) | mean CPU time (ms) | peak mem (MB) |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "Backbones interleaved frame by frame inside one process per (implementation, threads); best of "
+                  "rounds per frame, mean over frames. `torch` = pure-PyTorch implementation with the fused numba "
+                  "depthwise kernel; `torch-ref` = the same with `FFNET_SPARSE_FUSED=0` (plain-torch reference "
+                  "kernel); `spconv` = spconv 2.3.8 native CPU kernels (its depthwise convs use the same fused "
+                  "kernel, since spconv has none).", "",
+                  "| threads | backbone | sparse impl | params (fused) | GMACs / frame | wall (ms) | CPU (ms) | "
+                  "wall / SECOND | CPU / SECOND | peak mem (MB) |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        ok = {(r["threads"], r["backbone"], r["impl"]): r for r in res["latency"] if "error" not in r}
         for r in res["latency"]:
             if "error" in r:
-                lines.append(f"| {r['backbone']} | {r['impl']} | - | - | error: {r['error']} | - | - |")
+                lines.append(f"| {r['threads']} | {r['backbone']} | {r['impl']} | error: {r['error']} |"
+                             " - | - | - | - | - | - |")
                 continue
             gm = "-" if r.get("gmacs") is None else r["gmacs"]
-            lines.append(f"| {r['backbone']} | {r['impl']} | {r['params']:,} | {gm} | {r['latency_ms_mean']} | "
-                         f"{r['cpu_ms_mean']} | {r['peak_mem_mb']} |")
-        ok = {(r["backbone"], r["impl"]): r for r in res["latency"] if "error" not in r}
-        for name in ("ffnet3d", "ffnet3d-k3335"):
-            for impl in ("torch", "spconv"):
-                if (name, impl) in ok and ("second", impl) in ok:
-                    a, b = ok[(name, impl)], ok[("second", impl)]
-                    lines.append(f"\n{name} / SECOND ({impl}): wall latency {a['latency_ms_mean'] / b['latency_ms_mean']:.2f}x, "
-                                 f"CPU time {a['cpu_ms_mean'] / b['cpu_ms_mean']:.2f}x")
+            ref = ok.get((r["threads"], "second", r["impl"]))
+            rw = f"{r['latency_ms_mean'] / ref['latency_ms_mean']:.2f}x" if ref else "-"
+            rc = f"{r['cpu_ms_mean'] / ref['cpu_ms_mean']:.2f}x" if ref else "-"
+            lines.append(f"| {r['threads']} | {r['backbone']} | {r['impl']} | {r['params']:,} | {gm} | "
+                         f"{r['latency_ms_mean']} | {r['cpu_ms_mean']} | {rw} | {rc} | {r.get('peak_mem_mb', '-')} |")
         lines.append("")
-        lines.append("Voxels per frame: " + ", ".join(str(v) for v in next(iter(ok.values()))["voxels_per_frame"]))
+        first = next(iter(ok.values()), None)
+        if first:
+            lines.append("Voxels per frame: " + ", ".join(str(v) for v in first["voxels_per_frame"]))
+            lines.append("")
+    if res.get("detect"):
+        lines += ["## (c) `ffnet-3d detect` pipeline on the six real KITTI frames (shipped checkpoint)", "",
+                  "Per scan: read -> crop -> voxelize -> encoder -> BEV -> neck -> head -> decode -> NMS -> KITTI "
+                  "lines, in one process after one untimed warm-up pass (numba kernel loading); excludes interpreter "
+                  "start-up, imports, model loading and the PNG. Best of rounds per frame; medians over the six "
+                  "frames.", "",
+                  "| stage | " + " | ".join(f"{d['threads']} thr wall (ms) | {d['threads']} thr CPU (ms)"
+                                           for d in res["detect"] if "error" not in d) + " |",
+                  "|---|" + "---:|---:|" * sum("error" not in d for d in res["detect"])]
+        good = [d for d in res["detect"] if "error" not in d]
+        if good:
+            for stage in good[0]["stages"]:
+                lines.append(f"| {stage} | " + " | ".join(f"{d['stages'][stage]['wall_ms_median']} | "
+                                                           f"{d['stages'][stage]['cpu_ms_median']}" for d in good) + " |")
+            lines.append("| **median end-to-end per scan** | " + " | ".join(
+                f"**{d['median_ms']}** | {d['median_cpu_ms']}" for d in good) + " |")
+            lines.append("")
+            lines += ["| threads | median ms / scan | per-frame ms | scans / s one by one | batch | scans / s in batches "
+                      "| model load (s) | first pass (s) |", "|---:|---:|---|---:|---:|---:|---:|---:|"]
+            for d in good:
+                lines.append(f"| {d['threads']} | {d['median_ms']} | {', '.join(str(v) for v in d['per_frame_ms'].values())} "
+                             f"| {d['single_scans_per_s']} | {d['batch']} | {d['batch_scans_per_s']} | "
+                             f"{d['model_load_s']} | {d['first_pass_s']} |")
+        for d in res["detect"]:
+            if "error" in d:
+                lines.append(f"\n{d['threads']} threads: error {d['error']}")
         lines.append("")
     if res.get("ap"):
         lines += ["## (b) AP R40 on the synthetic validation set (100 frames, seed 1000)", "",
@@ -246,9 +411,14 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--child", nargs=2, metavar=("BACKBONE", "IMPL"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=2, metavar=("BACKBONES", "IMPL"), help=argparse.SUPPRESS)
+    p.add_argument("--detect-child", type=int, metavar="THREADS", help=argparse.SUPPRESS)
+    p.add_argument("--detect-checkpoint", help="checkpoint for (c) (default: the shipped one)")
+    p.add_argument("--batch", type=int, default=8, help="scans per batch for the (c) throughput")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="one or more torch thread counts")
+    p.add_argument("--memory", action="store_true", help="(a): also one child per backbone for its peak memory")
+    p.add_argument("--skip-detect", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-ap", action="store_true")
@@ -264,20 +434,29 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.child:
-        print(json.dumps(_child_latency(args.child[0], args.child[1], args.rounds, args.threads, args.device)))
+        print(json.dumps(_child_latency(args.child[0].split(","), args.child[1], args.rounds, args.threads[0],
+                                        args.device)))
+        return 0
+    if args.detect_child is not None:
+        print(json.dumps(_child_detect(args.detect_child, args.rounds, args.detect_checkpoint, args.batch)))
         return 0
 
     res = {"command": "python benchmarks/pointcloud.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
            "threads": args.threads, "device": args.device,
-           "load_avg_at_start": os.getloadavg()}
+           "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
+    t_run = time.perf_counter()
     if not args.skip_latency:
         print("(a) backbone latency on the real KITTI frames", flush=True)
-        res["latency"] = latency_table(args.rounds, args.threads, args.device)
+        res["latency"] = [r for t in args.threads for r in latency_table(args.rounds, t, args.device, args.memory)]
+    if not args.skip_detect:
+        print("(c) detect pipeline on the real KITTI frames", flush=True)
+        res["detect"] = [detect_table(args.rounds, t, args.detect_checkpoint, args.batch) for t in args.threads]
     if not args.skip_ap:
         if args.train:
             ensure_synth(args.train_dir, 400, 0)
-            args.ours, args.baseline = train_both(args.train_dir, args.runs, args.threads)
+            args.ours, args.baseline = train_both(args.train_dir, args.runs, args.threads[0])
         if not (args.ours and args.baseline):
             p.error("(b) needs --ours and --baseline checkpoints (or --train, or --skip-ap)")
         deadline = time.time() + args.wait
@@ -285,8 +464,9 @@ def main(argv=None) -> int:
             time.sleep(30)
         print("(b) AP on the synthetic validation set", flush=True)
         val = ensure_synth(args.val_dir, 100, 1000)
-        res["ap"] = ap_table(args.ours, args.baseline, val, args.threads, args.device)
-    res["load_avg_at_end"] = os.getloadavg()
+        res["ap"] = ap_table(args.ours, args.baseline, val, args.threads[0], args.device)
+    res["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    res["wall_s"] = round(time.perf_counter() - t_run, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=2))

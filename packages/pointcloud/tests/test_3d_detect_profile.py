@@ -36,10 +36,13 @@ def tiny():
 
 def test_crop_equals_prepare_points(kitti_root):
     frames = KittiFrames(kitti_root)
-    cfg = get_preset("kitti")
-    for fid in frames.ids[:2]:
-        pts, calib, shape = frames.points(fid), frames.calib(fid), frames.image_shape(fid)
-        np.testing.assert_array_equal(crop_points(pts, cfg, calib, shape), prepare_points(pts, cfg, calib, shape))
+    for preset in ("kitti", "synth_cpu"):
+        cfg = get_preset(preset)
+        for fid in frames.ids:
+            pts, calib, shape = frames.points(fid), frames.calib(fid), frames.image_shape(fid)
+            ref = prepare_points(pts, cfg, calib, shape)
+            assert 1000 < len(ref) < len(pts)
+            np.testing.assert_array_equal(crop_points(pts, cfg, calib, shape), ref)
 
 
 def test_staged_forward_equals_model_forward(kitti_root, tiny):
