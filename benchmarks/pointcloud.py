@@ -164,7 +164,7 @@ def _child_latency(backbones: list[str], impl: str, rounds: int, threads: int, d
                     shapes[b] = list(out.shape[1:])
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rows = []
-    for b, (det, enc, _) in models.items():
+    for b, (_det, enc, _) in models.items():
         macs = _count_macs(enc, runs[b], inputs) if impl != "spconv" else None
         lat = [min(v) for v in wall[b].values()]  # best of rounds per frame (least disturbed by other load)
         cpu_t = [min(v) for v in cpu[b].values()]
@@ -221,7 +221,13 @@ def _child_detect(threads: int, rounds: int, checkpoint: str | None, batch: int)
 
     torch.set_num_threads(threads)
     from ffnet_3d.checkpoint import load_model
-    from ffnet_3d.inference import DETECT_STAGES, StageTimer, detect_batch, detect_points, predictions_to_kitti
+    from ffnet_3d.inference import (
+        DETECT_STAGES,
+        StageTimer,
+        detect_batch,
+        detect_points,
+        predictions_to_kitti,
+    )
     from ffnet_3d.io import KittiFrames, data_root, read_calib, read_points
 
     frames = KittiFrames(data_root() / "kitti")

@@ -13,18 +13,29 @@ Cases (batch 1, C = 32):
                 map built from fresh coordinates as in a training step
   block_eval    the generic FFNetBlock(32) on the sparse3d backend, eval forward, fresh coordinates
 
+Implementations: ``torch`` (pure PyTorch; depthwise convs on the fused numba kernel, neighbour maps
+from a numba hash), ``torch-ref`` (the same with ``FFNET_SPARSE_FUSED=0``: the plain-torch reference
+depthwise kernel, gather + per-pair weight copy + ``index_add``) and ``spconv``. ``map_subm7_sortsearch``
+is the device-generic pure-torch map build (sort + searchsorted; what CUDA runs) for comparison with
+``map_subm7`` (numba hash on CPU).
+
 Each implementation is timed at torch's thread count and with torch at 1 thread (on a shared,
 loaded 2-core machine OpenMP's 2-thread barriers can stall badly). The spconv implementation always
-runs spconv's kernels at 1 thread (ffnet.sparse's guard against spconv#679); its depthwise convs and
-feature-wise ops are torch ops at the given thread count.
+runs spconv's kernels at 1 thread (ffnet.sparse's guard against spconv#679); its depthwise convs use
+the same kernel as the torch implementation. numba's one-off costs (compiling the kernels into an
+empty cache, or loading them from the cache) are measured in fresh processes and reported apart.
 
     nice -n 10 uv run python benchmarks/sparse_backends.py [--rounds 10] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, interleaved_medians, save  # noqa: E402
 from ffnet.layers import FFNetBlock  # noqa: E402
 from ffnet.sparse import SparseBackend, SparseConv3d, SparseGELU, SparseTensor, SubMConv3d  # noqa: E402
+from ffnet.sparse.maps import build_subm_map  # noqa: E402
 from ffnet.sparse.tensor import coord_keys  # noqa: E402
 
 VOXEL = (0.05, 0.05, 0.1)  # x, y, z metres
@@ -84,6 +96,7 @@ def cases(impl: str, indices: torch.Tensor, feats: torch.Tensor, nets: dict) -> 
     return {
         f"{impl}/map_subm3": no_grad(lambda: subm3(fresh())),
         f"{impl}/map_subm7": no_grad(lambda: dw7(fresh())),
+        f"{impl}/map_subm7_sortsearch": no_grad(lambda: build_subm_map(fresh().coords, (7, 7, 7))),
         f"{impl}/map_down": no_grad(lambda: down(fresh())),
         f"{impl}/subm3": no_grad(lambda: subm3(cached)),
         f"{impl}/dw7": no_grad(lambda: dw7(cached)),
@@ -91,6 +104,57 @@ def cases(impl: str, indices: torch.Tensor, feats: torch.Tensor, nets: dict) -> 
         f"{impl}/attn_fwd_bwd": attn,
         f"{impl}/block_eval": no_grad(lambda: block(fresh())),
     }
+
+
+def reference_kernel(fns: dict) -> dict:
+    """The torch cases with ``FFNET_SPARSE_FUSED=0`` (the plain-torch depthwise kernel)."""
+
+    def wrap(fn):
+        def run():
+            old = os.environ.get("FFNET_SPARSE_FUSED")
+            os.environ["FFNET_SPARSE_FUSED"] = "0"
+            try:
+                fn()
+            finally:
+                if old is None:
+                    del os.environ["FFNET_SPARSE_FUSED"]
+                else:
+                    os.environ["FFNET_SPARSE_FUSED"] = old
+        return run
+
+    return {k.replace("torch/", "torch-ref/", 1): wrap(fn) for k, fn in fns.items()}
+
+
+_FIRST_CALL = """
+import time, torch
+t0 = time.perf_counter()
+from ffnet.sparse import SparseTensor, SubMConv3d
+from ffnet.sparse import _numba_kernels  # noqa: F401  (imports numba)
+t1 = time.perf_counter()
+torch.manual_seed(0)
+idx = torch.randint(0, 20, (3000, 3)).unique(dim=0)
+x = SparseTensor(torch.randn(len(idx), 8, requires_grad=True), torch.cat([torch.zeros(len(idx), 1, dtype=torch.long), idx], 1).int(), (20, 20, 20), 1)
+conv = SubMConv3d(8, 8, 5, groups=8, impl="torch")
+t2 = time.perf_counter()
+conv(x).features.sum().backward()
+t3 = time.perf_counter()
+x2 = SparseTensor(x.features.detach().requires_grad_(), x.indices, (20, 20, 20), 1)
+conv(x2).features.sum().backward()
+t4 = time.perf_counter()
+print(f'{{"import_numba_s": {t1 - t0:.3f}, "first_call_s": {t3 - t2:.3f}, "second_call_s": {t4 - t3:.3f}}}')
+"""
+
+
+def numba_one_off_costs() -> dict:
+    """First fused conv (float32 fwd + bwd + map build) in fresh processes: empty numba cache, then warm cache."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "OMP_NUM_THREADS": "1"}
+        for name in ("empty_cache", "warm_cache"):
+            res = subprocess.run([sys.executable, "-c", _FIRST_CALL], capture_output=True, text=True, env=env)
+            out[name] = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {
+                "error": res.stderr.strip().splitlines()[-1:]}
+    return out
 
 
 def one_thread(fns: dict) -> dict:
@@ -144,26 +208,53 @@ def main() -> None:
         torch.testing.assert_close(a.features[ka.argsort()], b.features[kb.argsort()], atol=1e-3, rtol=1e-4)
 
     torch_cases, spconv_cases = cases("torch", indices, feats, nets_t), cases("spconv", indices, feats, nets_s)
-    fns = {**torch_cases, **one_thread(torch_cases), **spconv_cases, **one_thread(spconv_cases)}
+    ref_cases = reference_kernel(torch_cases)
+    fns = {**torch_cases, **one_thread(torch_cases), **ref_cases, **one_thread(ref_cases), **spconv_cases,
+           **one_thread(spconv_cases)}
+    load0 = os.getloadavg()
+    t_run = time.perf_counter()
     timings = interleaved_medians(fns, rounds=args.rounds, warmup=1)
+    wall = time.perf_counter() - t_run
+    load1 = os.getloadavg()
     names = [k.split("/", 1)[1] for k in fns if k.startswith("torch/")]
+
     def ms(key):
         return timings[key]["median_s"] * 1e3
 
-    rows = [dict(case=n, torch_ms=ms(f"torch/{n}"), torch_1thread_ms=ms(f"torch@1/{n}"), spconv_ms=ms(f"spconv/{n}"),
-                 spconv_1thread_ms=ms(f"spconv@1/{n}")) for n in names]
+    rows = [dict(case=n, torch_ms=ms(f"torch/{n}"), torch_1thread_ms=ms(f"torch@1/{n}"),
+                 torch_ref_ms=ms(f"torch-ref/{n}"), torch_ref_1thread_ms=ms(f"torch-ref@1/{n}"),
+                 spconv_ms=ms(f"spconv/{n}"), spconv_1thread_ms=ms(f"spconv@1/{n}")) for n in names]
     for r in rows:
+        r["fused_over_ref_1thread"] = r["torch_1thread_ms"] / r["torch_ref_1thread_ms"]
         r["spconv_over_torch_1thread"] = r["spconv_1thread_ms"] / r["torch_1thread_ms"]
+    one_off = numba_one_off_costs()
     env = environment()
+    loaded = load0[0] > 1.5
+    nt = env["threads"]
     lines = [f"Sparse conv CPU latency, {source}: {len(indices)} voxels, grid {SHAPE}, C={CHANNELS}, batch 1; "
              f"spconv's own kernels always at 1 thread; median of {args.rounds} interleaved rounds "
-             f"(torch {env['torch']}, {env['date']})", "",
-             f"| case | torch impl, {env['threads']} thr (ms) | torch impl, 1 thr (ms) | spconv impl, {env['threads']} thr (ms) "
-             "| spconv impl, 1 thr (ms) | spconv / torch at 1 thr |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['case']} | {r['torch_ms']:.1f} | {r['torch_1thread_ms']:.1f} | {r['spconv_ms']:.1f} | "
-              f"{r['spconv_1thread_ms']:.1f} | {r['spconv_over_torch_1thread']:.2f} |" for r in rows]
+             f"(torch {env['torch']}, {env['date']}; run took {wall:.0f} s).", "",
+             f"Load average at start {tuple(round(v, 2) for v in load0)}, at end {tuple(round(v, 2) for v in load1)} "
+             f"on {env['cores']} cores" + (": the machine was shared and loaded (wall times inflated, compare ratios)."
+                                          if loaded else "."), "",
+             f"| case | torch impl (fused), {nt} thr | 1 thr | torch-ref (reference kernel), {nt} thr | 1 thr | "
+             f"spconv impl, {nt} thr | 1 thr | fused / ref at 1 thr | spconv / torch at 1 thr |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['case']} | {r['torch_ms']:.1f} | {r['torch_1thread_ms']:.1f} | {r['torch_ref_ms']:.1f} | "
+              f"{r['torch_ref_1thread_ms']:.1f} | {r['spconv_ms']:.1f} | {r['spconv_1thread_ms']:.1f} | "
+              f"{r['fused_over_ref_1thread']:.2f} | {r['spconv_over_torch_1thread']:.2f} |" for r in rows]
+    lines += ["", "(ms; map_* build maps on fresh coordinates, `torch-ref` still builds its maps with the numba "
+              "hash, `map_subm7_sortsearch` is the pure-torch build.)", "",
+              "numba one-off costs (fresh process, 5^3 depthwise conv fwd + bwd on 3k voxels, float32):", "",
+              "| numba cache | import numba (s) | first call (s) | second call (s) |", "|---|---:|---:|---:|"]
+    for name, r in one_off.items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error']} | - | - |")
+        else:
+            lines.append(f"| {name} | {r['import_numba_s']:.2f} | {r['first_call_s']:.2f} | {r['second_call_s']:.3f} |")
     save("sparse_backends", dict(env=env, source=source, num_voxels=len(indices), spatial_shape=SHAPE,
-                                 channels=CHANNELS, rounds=args.rounds, rows=rows), "\n".join(lines) + "\n")
+                                 channels=CHANNELS, rounds=args.rounds, rows=rows, numba_one_off=one_off,
+                                 load_avg_start=load0, load_avg_end=load1, wall_s=wall), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

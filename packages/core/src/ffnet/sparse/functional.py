@@ -26,8 +26,15 @@ import os
 
 import torch
 
-from .maps import (KernelMap, NeighborMap, build_conv_map, build_subm_map, build_subm_neighbors, numba_available,
-                   subm_map_from_neighbors)
+from .maps import (
+    KernelMap,
+    NeighborMap,
+    build_conv_map,
+    build_subm_map,
+    build_subm_neighbors,
+    numba_available,
+    subm_map_from_neighbors,
+)
 from .tensor import CoordinateContext, SparseTensor, same_coordinates
 
 __all__ = ["IMPLS", "ENV_IMPL", "ENV_FUSED", "resolve_impl", "sparse_conv3d", "sparse_inverse_conv3d",
