@@ -92,9 +92,40 @@ def run_one(model_name: str, prep, model_args: dict, train_args: dict, *, epochs
     return out
 
 
-def speed(models: list[str], rounds: int, batch: int = 128) -> list[dict]:
+def _step_flops(net, x, y) -> int:
+    """FLOPs of one training step's forward + backward (torch's FlopCounter: matmuls and convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.mse_loss(net(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    return fc.get_total_flops()
+
+
+def _profile_top_ops(net, opt, x, y, steps: int = 3, top: int = 12) -> list[dict]:
+    """torch.profiler self-CPU time per op over ``steps`` training steps (ms per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            loss = torch.nn.functional.mse_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ev) or 1
+    return [{"op": e.key, "ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 1),
+             "share": round(e.self_cpu_time_total / total, 3), "calls_per_step": e.count // steps}
+            for e in ev[:top]]
+
+
+def speed(models: list[str], rounds: int, batch: int = 128, compile_ffnet: bool = False) -> dict:
     """Median training-step time (forward + backward + Adam) per model, rounds interleaved across models so
-    that a change in machine load hits every model alike. ETTh1 shapes: lookback 96, horizon 96, 7 variables."""
+    that a change in machine load hits every model alike. ETTh1 shapes: lookback 96, horizon 96, 7 variables.
+
+    Beside the models, every round also times a 1024^3 fp32 matmul: the machine's sustained GEMM rate at this
+    thread count in the same conditions, which turns each model's FLOPs into a lower bound on its step time.
+    """
     nets, opts = {}, {}
     for m in models:
         model_args, train_args = RECIPES[m]("ETTh1", 96)
@@ -102,9 +133,24 @@ def speed(models: list[str], rounds: int, batch: int = 128) -> list[dict]:
         nets[m] = create_model(m, n_vars=7, lookback=96, horizon=96, **model_args).train()
         opts[m] = torch.optim.Adam(nets[m].parameters(), lr=1e-4)
     x, y = torch.randn(batch, 96, 7), torch.randn(batch, 96, 7)
-    times = {m: [] for m in models}
+    flops = {m: _step_flops(nets[m], x, y) for m in models}
+    compile_seconds = None
+    if compile_ffnet and "ffnet_ts" in models:
+        from ffnet_ts.accel import maybe_compile
+
+        t0 = time.perf_counter()
+        nets["ffnet_ts (torch.compile)"] = maybe_compile(create_model(
+            "ffnet_ts", n_vars=7, lookback=96, horizon=96, **RECIPES["ffnet_ts"]("ETTh1", 96)[0]).train(), True)
+        opts["ffnet_ts (torch.compile)"] = torch.optim.Adam(nets["ffnet_ts (torch.compile)"].parameters(), lr=1e-4)
+        torch.nn.functional.mse_loss(nets["ffnet_ts (torch.compile)"](x), y).backward()  # compiles here
+        compile_seconds = round(time.perf_counter() - t0, 1)
+        flops["ffnet_ts (torch.compile)"] = flops["ffnet_ts"]
+    a = torch.randn(1024, 1024)
+    names = list(nets)
+    times = {m: [] for m in names}
+    gemm = []
     for r in range(rounds + 2):
-        for m in models:
+        for m in names:
             t0 = time.perf_counter()
             loss = torch.nn.functional.mse_loss(nets[m](x), y)
             opts[m].zero_grad()
@@ -112,13 +158,43 @@ def speed(models: list[str], rounds: int, batch: int = 128) -> list[dict]:
             opts[m].step()
             if r >= 2:  # warm-up rounds
                 times[m].append(time.perf_counter() - t0)
-    out = []
-    for m in models:
+        t0 = time.perf_counter()
+        a @ a
+        if r >= 2:
+            gemm.append(time.perf_counter() - t0)
+    gemm_gflops = 2 * 1024**3 / sorted(gemm)[len(gemm) // 2] / 1e9
+    rows = []
+    for m in names:
         ts = sorted(times[m])
-        out.append({"model": m, "batch": batch, "median_step_ms": round(1000 * ts[len(ts) // 2], 1),
-                    "min_step_ms": round(1000 * ts[0], 1), "params": sum(p.numel() for p in nets[m].parameters()),
-                    "steps_per_etth1_epoch": 8449 // batch})
-    return out
+        med = ts[len(ts) // 2]
+        rows.append({"model": m, "batch": batch, "median_step_ms": round(1000 * med, 1),
+                     "min_step_ms": round(1000 * ts[0], 1), "params": sum(p.numel() for p in nets[m].parameters()),
+                     "gflop_per_step": round(flops[m] / 1e9, 3), "achieved_gflops": round(flops[m] / med / 1e9, 1),
+                     "gemm_floor_ms": round(1000 * flops[m] / 1e9 / gemm_gflops, 1),
+                     "steps_per_etth1_epoch": 8449 // batch})
+    profile = _profile_top_ops(nets["ffnet_ts"], opts["ffnet_ts"], x, y) if "ffnet_ts" in nets else []
+    return {"rows": rows, "gemm_gflops_1024": round(gemm_gflops, 1), "compile_seconds": compile_seconds,
+            "ffnet_ts_profile": profile}
+
+
+def speed_markdown(res: dict, threads: int) -> str:
+    lines = [f"Training step, batch 128, ETTh1 shapes (L=96, H=96, M=7), {threads} thread(s), median of interleaved "
+             f"rounds; sustained fp32 GEMM rate in the same run: {res['gemm_gflops_1024']} GFLOP/s (1024^3 matmul)",
+             "", "| model | params | GFLOP / step | median ms | achieved GFLOP/s | GEMM floor ms | vs patchtst |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    ref = next((r["median_step_ms"] for r in res["rows"] if r["model"] == "patchtst"), None)
+    for r in res["rows"]:
+        ratio = f"{ref / r['median_step_ms']:.2f}x" if ref else "-"
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['gflop_per_step']:.2f} | {r['median_step_ms']:.1f} | "
+                     f"{r['achieved_gflops']:.1f} | {r['gemm_floor_ms']:.1f} | {ratio} |")
+    if res.get("compile_seconds") is not None:
+        lines.append(f"\ntorch.compile (inductor, CPU) compile time: {res['compile_seconds']} s")
+    if res.get("ffnet_ts_profile"):
+        lines += ["", "FFNet-TS top ops (torch.profiler, self CPU time per training step):", "",
+                  "| op | ms / step | share | calls / step |", "|---|---:|---:|---:|"]
+        lines += [f"| {p['op']} | {p['ms_per_step']} | {100 * p['share']:.1f}% | {p['calls_per_step']} |"
+                  for p in res["ffnet_ts_profile"]]
+    return "\n".join(lines)
 
 
 def _write(path: Path, payload: dict) -> None:
@@ -165,6 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--select", action="store_true", help="validation-only selection of the models' recipes")
     p.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
                    help="only measure interleaved training-step times (ETTh1 shapes, batch 128) for ROUNDS rounds")
+    p.add_argument("--compile", action="store_true", help="--speed: also time FFNet-TS under torch.compile")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -174,10 +251,12 @@ def main(argv=None) -> int:
     started = time.time()
 
     if args.speed:
-        rows = speed(args.models, args.speed)
-        for r in rows:
-            print(json.dumps(r), flush=True)
-        _write(Path(args.out or RESULTS / "timeseries_speed.json"), {"env": env, "rows": rows})
+        res = speed(args.models, args.speed, compile_ffnet=args.compile)
+        table = speed_markdown(res, torch.get_num_threads())
+        print(table, flush=True)
+        out = Path(args.out or RESULTS / f"timeseries_speed_{torch.get_num_threads()}threads.json")
+        _write(out, {"env": env, **res, "table": table})
+        out.with_suffix(".md").write_text(table + "\n")
         return 0
 
     if args.select:

@@ -35,7 +35,14 @@ from torch import nn
 
 from . import fastconv
 from .baselines import RevIN
-from .fastconv import SEQUENCE_BACKEND, FastDropout, is_channel_major, swap_channel_groups, to_channel_major
+from .fastconv import (
+    SEQUENCE_BACKEND,
+    FastDropout,
+    channel_major_grad,
+    is_channel_major,
+    swap_channel_groups,
+    to_channel_major,
+)
 
 __all__ = ["FFNetTS", "create_model", "list_models", "dataset_defaults", "MODEL_VARIANTS"]
 
@@ -286,6 +293,7 @@ class FFNetTS(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
+        x = channel_major_grad(x)  # NOTE: keeps the block's backward in its forward layout (fastconv)
         x = x.reshape(b, self.n_vars, -1)  # (B, M, D*N), d-major
         return self.head_drop(self.head(x)).transpose(1, 2)  # (B, H, M)
 

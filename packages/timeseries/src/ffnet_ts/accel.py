@@ -1,0 +1,88 @@
+"""Optional ``torch.compile`` for the forecasters, with a safe fallback to eager.
+
+Inductor compiles CPU graphs to C++, so it needs a working C++ compiler. Without one (or when compilation
+fails for any other reason) the model runs eagerly and one warning says why; training never fails because
+of it.
+
+Measured on this project's 2-core AMD EPYC CI machine (AVX2 + FMA, no AVX-512; torch 2.15, inductor's C++
+backend, ``benchmarks/timeseries_ett.py --speed --compile``): compiling FFNet-TS's training step made it
+*slower* than eager (the step is bound by GEMMs that inductor hands to the same BLAS; its fused C++
+element-wise kernels were slower than ATen's vectorized GELU / dropout here) and costs one to two minutes
+of compilation, so the default is eager. Try ``--compile`` on machines where it helps (e.g. with AVX-512).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import torch
+from torch import nn
+
+__all__ = ["cxx_compiler", "maybe_compile"]
+
+
+def cxx_compiler() -> str | None:
+    """Path of the C++ compiler inductor would use, or None when there is none."""
+    try:
+        from torch._inductor import config as inductor_config
+
+        cxx = inductor_config.cpp.cxx
+        candidates = [c for c in (cxx if isinstance(cxx, (list, tuple)) else (cxx,)) if c]
+    except Exception:  # noqa: BLE001 - an inductor-less torch build simply has no compile path
+        return None
+    for c in [*candidates, "g++", "c++", "clang++"]:
+        path = shutil.which(c)
+        if path:
+            return path
+    return None
+
+
+def maybe_compile(model: nn.Module, enabled: bool = True, *, device: torch.device | str = "cpu") -> nn.Module:
+    """``torch.compile(model)`` when asked and possible; otherwise ``model`` itself, with one warning.
+
+    The returned module shares its parameters with ``model``; keep ``model`` for state dicts and checkpoints.
+    """
+    if not enabled:
+        return model
+    if not hasattr(torch, "compile"):
+        warnings.warn("torch.compile is not available in this torch build; running eagerly", stacklevel=2)
+        return model
+    if torch.device(device).type == "cpu" and cxx_compiler() is None:
+        warnings.warn("torch.compile needs a C++ compiler on CPU and none was found (g++/c++/clang++); "
+                      "running eagerly", stacklevel=2)
+        return model
+    try:
+        compiled = torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - compile is an optimization, never a reason to fail
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); running eagerly", stacklevel=2)
+        return model
+    return _CompiledOrEager(model, compiled)
+
+
+class _CompiledOrEager(nn.Module):
+    """Calls the compiled module; if compilation fails on the first call, warns once and stays eager.
+
+    ``torch.compile`` is lazy: a missing or broken toolchain only shows up when the first batch is traced.
+    """
+
+    def __init__(self, model: nn.Module, compiled):
+        super().__init__()
+        self.model = model
+        self._compiled = compiled
+        self._checked = False
+
+    def forward(self, *args, **kwargs):
+        if self._compiled is None:
+            return self.model(*args, **kwargs)
+        if self._checked:
+            return self._compiled(*args, **kwargs)
+        try:
+            out = self._compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"torch.compile failed on the first call ({type(e).__name__}: {str(e)[:200]}); "
+                          "running eagerly", stacklevel=2)
+            self._compiled = None
+            return self.model(*args, **kwargs)
+        self._checked = True
+        return out

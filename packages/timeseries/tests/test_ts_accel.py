@@ -1,0 +1,43 @@
+"""torch.compile is optional: without a C++ compiler, or when compilation fails, training runs eagerly."""
+
+import pytest
+import torch
+from ffnet_ts import accel
+from ffnet_ts.model import create_model
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return create_model("ffnet_ts_tiny", n_vars=3, lookback=16, horizon=8).eval()
+
+
+def test_disabled_returns_the_model_itself():
+    m = _tiny()
+    assert accel.maybe_compile(m, False) is m
+
+
+def test_no_cxx_compiler_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(accel, "cxx_compiler", lambda: None)
+    m = _tiny()
+    with pytest.warns(UserWarning, match="C\\+\\+ compiler"):
+        out = accel.maybe_compile(m, True)
+    assert out is m
+
+
+def test_failure_on_first_call_falls_back_to_eager(monkeypatch):
+    def broken_compile(model, **kw):
+        def run(*a, **k):
+            raise RuntimeError("InductorError: simulated broken toolchain")
+        return run
+
+    monkeypatch.setattr(accel, "cxx_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    m = _tiny()
+    wrapped = accel.maybe_compile(m, True)
+    x = torch.randn(2, 16, 3)
+    with pytest.warns(UserWarning, match="running eagerly"):
+        y = wrapped(x)
+    torch.testing.assert_close(y, m(x), rtol=0, atol=0)  # the eager model's exact output
+    with torch.no_grad():  # later calls: eager, no new warning
+        torch.testing.assert_close(wrapped(x), m(x), rtol=0, atol=0)
+    assert list(wrapped.parameters()) == list(m.parameters())
