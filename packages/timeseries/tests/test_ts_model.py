@@ -279,3 +279,53 @@ def test_fast_dropout_fused_kernel_equals_stock_mask_multiply(dtype, channel_maj
     assert torch.equal(y, x.detach() * mask)
     assert torch.equal(x.grad, g * mask)
     assert fastconv.is_channel_major(y) == channel_major
+
+
+def test_linear_base_variant_starts_at_the_closed_form_forecast_and_learns_the_residual():
+    """ffnet_ts_lb (ours): untrained == the closed-form linear map; the network part is a residual on top."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    L, H, M = 32, 8, 3
+    m = create_model("ffnet_ts_lb", n_vars=M, lookback=L, horizon=H, ffn_ratio=2, dropout=0.1, dim=8,
+                     kernel_size=7, small_kernel=3).eval()
+    w = np.random.default_rng(0).normal(size=(L + 1, H))
+    m.set_linear_base(w)
+    x = torch.randn(4, L, M)
+    expected = torch.from_numpy(np.einsum("blm,lh->bhm", x.double().numpy(), w[:-1]) + w[-1][None, :, None]).float()
+    torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-5)
+    # after a few training steps the output differs from the base, and the base itself did not move
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    y = torch.randn(4, H, M)
+    for _ in range(3):
+        loss = F.mse_loss(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    assert not torch.allclose(m(x), expected, atol=1e-4)
+    torch.testing.assert_close(m.base_weight, torch.from_numpy(w[:-1]).float())
+    assert "base_weight" in m.state_dict() and all(n != "base_weight" for n, _ in m.named_parameters())
+    with pytest.raises(ValueError, match="linear base must be"):
+        m.set_linear_base(np.zeros((L, H)))
+    # fused == unfused for the variant too
+    ref = m(x)
+    reparameterize_model(m)
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_installs_the_linear_base_from_the_train_windows(data_dir, tmp_path):
+    from ffnet_ts import data as D
+    from ffnet_ts import reference as R
+    from ffnet_ts import train as T
+    from ffnet_ts.testing import staged_csv, truncated_csv
+
+    csv = truncated_csv(staged_csv(data_dir), tmp_path / "etth1_small.csv", 600)
+    prep = D.prepare(D.load(str(csv)), 48, 12)
+    torch.manual_seed(0)
+    m = create_model("ffnet_ts_lb", n_vars=prep.n_vars, lookback=48, horizon=12, dim=8, kernel_size=7,
+                     small_kernel=3)
+    T.fit(m, prep, T.TrainConfig(epochs=1, patience=1, batch_size=64, progress=False))
+    w = R.fit_linear(prep).weight
+    torch.testing.assert_close(m.base_weight, torch.from_numpy(w[:-1]).float())

@@ -262,6 +262,10 @@ class FFNetTS(nn.Module):
         head_dropout: dropout after the head.
         query_expand / query_dropout / out_dropout: fixed constants of the reference (2, (0.3, 0.15), 0.15).
         revin: reversible instance normalization (no affine).
+        linear_base: ours, not in the paper (variant ``ffnet_ts_lb``): add a frozen closed-form linear forecast
+            (one (L + 1) x H least-squares map shared by the variables, fitted on the train windows; see
+            :meth:`set_linear_base`) and let the network learn the residual, scaled by the RevIN std but
+            without the RevIN mean. The head starts at zero, so an untrained model *is* the linear forecast.
         inference_mode: build the re-parameterized (fused) form.
     """
 
@@ -269,7 +273,7 @@ class FFNetTS(nn.Module):
                  dim: int = 64, depth: int = 1, kernel_size: int = 51, small_kernel: int | None = 5,
                  ffn_ratio: int = 2, dropout: float = 0.7, head_dropout: float = 0.0, query_expand: int = 2,
                  query_dropout: tuple[float, float] = (0.3, 0.15), out_dropout: float = 0.15, revin: bool = True,
-                 inference_mode: bool = False):
+                 linear_base: bool = False, inference_mode: bool = False):
         super().__init__()
         if lookback + patch_size - patch_stride < patch_size:
             raise ValueError(f"lookback {lookback} is shorter than a patch")
@@ -285,6 +289,25 @@ class FFNetTS(nn.Module):
         self.head = nn.Linear(dim * self.num_patches, horizon)
         self.head_drop = FastDropout(head_dropout)
         # NOTE: PyTorch's default initialization; the spec names no special init for the forecasting model.
+        self.linear_base = linear_base
+        if linear_base:
+            # buffers, not parameters: the base is solved in closed form and stays fixed during training
+            self.register_buffer("base_weight", torch.zeros(lookback, horizon))
+            self.register_buffer("base_bias", torch.zeros(horizon))
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    @torch.no_grad()
+    def set_linear_base(self, weight) -> None:
+        """Install the closed-form linear map: ``weight`` (lookback + 1, horizon), last row the intercept
+        (:func:`ffnet_ts.reference.fit_linear`'s layout)."""
+        if not self.linear_base:
+            raise ValueError("this FFNet-TS was built without linear_base=True")
+        w = torch.as_tensor(weight, dtype=self.base_weight.dtype)
+        if tuple(w.shape) != (self.lookback + 1, self.horizon):
+            raise ValueError(f"linear base must be ({self.lookback + 1}, {self.horizon}), got {tuple(w.shape)}")
+        self.base_weight.copy_(w[:-1])
+        self.base_bias.copy_(w[-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, M) normalized input -> (B, M*D, N) block features."""
@@ -298,10 +321,15 @@ class FFNetTS(nn.Module):
         return self.head_drop(self.head(x)).transpose(1, 2)  # (B, H, M)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = None
+        if self.linear_base:
+            base = (x.transpose(1, 2) @ self.base_weight + self.base_bias).transpose(1, 2)  # (B, H, M)
         stats = None
         if self.revin is not None:
             x, stats = self.revin.norm(x)
-        y = self.forward_head(self.forward_features(x))
+        y = self.forward_head(self.forward_features(x))  # (B, H, M)
+        if base is not None:  # residual of the linear forecast: RevIN scale only (the base carries the level)
+            return base + (y * stats[1] if stats is not None else y)
         return RevIN.denorm(y, stats) if stats is not None else y
 
 
@@ -312,6 +340,9 @@ class FFNetTS(nn.Module):
 MODEL_VARIANTS: dict[str, dict] = {
     # The reference configuration (spec §2.4): one block, D = 64, kernels 51 + 5, patch 4 / stride 2.
     "ffnet_ts": dict(dim=64, depth=1, kernel_size=51, small_kernel=5, patch_size=4, patch_stride=2),
+    # Ours (not in the paper): the reference network learning the residual of a closed-form linear forecast.
+    "ffnet_ts_lb": dict(dim=64, depth=1, kernel_size=51, small_kernel=5, patch_size=4, patch_stride=2,
+                        linear_base=True),
     # Tiny variant for unit tests (seconds on CPU).
     "ffnet_ts_tiny": dict(dim=8, depth=1, kernel_size=7, small_kernel=3, patch_size=4, patch_stride=2),
 }
@@ -362,6 +393,7 @@ def _itransformer(**kw):
 _FACTORIES = {
     "ffnet_ts": lambda **kw: FFNetTS(**{**MODEL_VARIANTS["ffnet_ts"], **kw}),
     "ffnet_ts_tiny": lambda **kw: FFNetTS(**{**MODEL_VARIANTS["ffnet_ts_tiny"], **kw}),
+    "ffnet_ts_lb": lambda **kw: FFNetTS(**{**MODEL_VARIANTS["ffnet_ts_lb"], **kw}),
     "dlinear": _dlinear,
     "patchtst": _patchtst,
     "itransformer": _itransformer,

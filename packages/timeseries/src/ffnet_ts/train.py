@@ -292,6 +292,12 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
     meta["train"] = asdict(cfg)
     # NOTE: the caller seeds before building the model; this seeds dropout (per rank under DDP).
     torch.manual_seed(cfg.seed + info.rank)
+    if getattr(model, "linear_base", False) and not resume:
+        # FFNet-TS-LB learns the residual of a closed-form linear forecast solved on the train windows
+        # (validation picks the ridge strength); deterministic, so every DDP rank installs the same base.
+        from .reference import fit_linear
+
+        model.set_linear_base(fit_linear(prep).weight)
     model.to(device)
     raw = model
     if info.world > 1:
