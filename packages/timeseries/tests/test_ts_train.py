@@ -126,12 +126,13 @@ class FakeClock:
 
 
 def test_time_budget_starts_no_epoch_that_would_overrun(prep, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "time", FakeClock(0.5))  # two readings per epoch: every epoch "lasts" 0.5 s
-    cfg = _cfg(epochs=50, patience=50, batch_size=256, time_budget=1.8)
+    # three clock readings per one-step epoch (start, validation start, end): every epoch "lasts" 1 s
+    monkeypatch.setattr(T, "time", FakeClock(0.5))
+    cfg = _cfg(epochs=50, patience=50, batch_size=256, time_budget=3.5)
     r = T.fit(_model(prep), prep, cfg, last_path=tmp_path / "last.pt")
-    # after 3 epochs 1.5 s are spent and a 4th (another 0.5 s) would end at 2.0 > 1.8
+    # after 3 epochs 3 s are spent and a 4th (another 1 s) would end at 4 > 3.5
     assert r.stop_reason == "time_budget" and r.epochs_run == 3 and not r.stopped_early
-    assert r.train_seconds == pytest.approx(1.5)
+    assert r.train_seconds == pytest.approx(3.0)
 
     # --resume continues the same budget: nothing left, so no new epoch ...
     again = T.fit(_model(prep), prep, cfg, last_path=tmp_path / "last.pt", resume=True)
@@ -142,6 +143,18 @@ def test_time_budget_starts_no_epoch_that_would_overrun(prep, tmp_path, monkeypa
     assert more.stop_reason == "epoch_cap" and more.epochs_run == 4
     with pytest.raises(T.ConfigError, match="positive"):
         T.fit(_model(prep), prep, _cfg(time_budget=0.0))
+
+
+def test_time_budget_cuts_an_epoch_longer_than_the_budget(prep, monkeypatch):
+    monkeypatch.setattr(T, "time", FakeClock(1.0))  # every step "takes" 1 s
+    m = _model(prep)
+    modes = []
+    m.register_forward_hook(lambda mod, i, o: modes.append(mod.training))
+    r = T.fit(m, prep, _cfg(epochs=5, patience=5, batch_size=32, time_budget=5.5))
+    assert prep.windows("train") // 32 == 10  # a full epoch would be 10 steps
+    # the check before step k reads k s: the 7th step would start past 5.5 s, so 6 steps run, then validation
+    assert r.stop_reason == "time_budget" and r.epochs_run == 1 and r.history[0]["steps"] == 6
+    assert modes.count(True) == 6 and r.best_val_mse == r.history[0]["val_mse"]
 
 
 def test_epoch_windows_caps_the_steps_per_epoch(prep):

@@ -10,7 +10,9 @@
   best epoch's weights are loaded back.
 * Budget: at most ``epochs`` epochs and, when ``time_budget`` is set, no new epoch is started once the
   training seconds so far plus the last epoch's duration would exceed it (so a run ends near its budget
-  instead of far past it; a fresh run always completes one epoch). ``FitResult.stop_reason`` says which
+  instead of far past it), and an epoch that reaches the budget is cut after the step that reaches it
+  (minus the last validation pass's duration); the partial epoch is validated like any other and its
+  history record says how many ``steps`` it ran. ``FitResult.stop_reason`` says which
   rule ended training: ``early_stopping``, ``epoch_cap`` or ``time_budget``. The budget counts the seconds
   stored in the resume file, so ``--resume`` continues the same budget rather than starting a new one.
 * ``epoch_windows`` caps the training windows per epoch (a seeded random subset of the permutation), so
@@ -343,6 +345,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
                dynamic_ncols=True, leave=False, file=sys.stderr)
     stopped = bad >= cfg.patience and resume
     reason = "early_stopping" if stopped else "epoch_cap"
+    cut, val_seconds = False, 0.0
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.time_budget is not None and history and _out_of_time(history, seconds, cfg.time_budget, info, device):
             reason = "time_budget"
@@ -355,7 +358,14 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
             perm = torch.cat([perm, perm[: shard_len * info.world - n]])[info.rank::info.world]
         perm = perm.to(device)
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        done = steps
         for step in range(steps):
+            # One epoch can be far longer than the whole budget (Weather, Traffic on a CPU): stop inside it,
+            # keeping time for the validation pass that scores the partial epoch.
+            if cfg.time_budget is not None and step > 0 and _agree(
+                    seconds + time.perf_counter() - t0 + val_seconds > cfg.time_budget, info, device):
+                done, cut = step, True
+                break
             lr = lr_at(cfg, epoch, step, steps)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -376,9 +386,12 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
             _broadcast_buffers(raw)
             dist.all_reduce(loss_sum)
             loss_sum /= info.world
+        t_val = time.perf_counter()
         val = evaluate(raw, prep, "val", batch_size=cfg.eval_batch_size, device=device, amp=amp,
                        stride=cfg.val_stride)
-        seconds += time.perf_counter() - t0
+        t_end = time.perf_counter()
+        seconds += t_end - t0
+        val_seconds = t_end - t_val
         improved = val["mse"] < best_val
         if improved:
             best_val, best_epoch, bad = val["mse"], epoch + 1, 0
@@ -388,8 +401,10 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
                              "val_mse": best_val, "val_mae": val["mae"]}, best_path)
         else:
             bad += 1
-        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / steps, "val_mse": val["mse"],
+        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / done, "val_mse": val["mse"],
                "val_mae": val["mae"], "seconds": round(seconds, 3)}
+        if cut:
+            rec["steps"] = done  # a partial epoch: the time budget ran out inside it
         history.append(rec)
         if last_path is not None and info.master:
             save_atomic({"format": CHECKPOINT_FORMAT, **meta, "state_dict": raw.state_dict(),
@@ -406,6 +421,9 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         if bad >= cfg.patience:
             stopped, reason = True, "early_stopping"
             break
+        if cut:
+            reason = "time_budget"
+            break
     bar.close()
     raw.load_state_dict(best_state)
     if info.world > 1:
@@ -416,8 +434,12 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
 def _out_of_time(history: list[dict], seconds: float, budget: float, info: DistInfo, device: torch.device) -> bool:
     """Would one more epoch (as long as the last one) overrun ``budget``? Rank 0 decides for every rank."""
     last = history[-1]["seconds"] - (history[-2]["seconds"] if len(history) > 1 else 0.0)
-    stop = seconds + last > budget
-    if info.world > 1:  # wall clocks differ per rank; a split decision would deadlock the collectives
+    return _agree(seconds + last > budget, info, device)
+
+
+def _agree(stop: bool, info: DistInfo, device: torch.device) -> bool:
+    """Rank 0's ``stop`` on every rank: wall clocks differ per rank, and a split decision would deadlock DDP."""
+    if info.world > 1:
         flag = torch.tensor([int(stop)], device=device)
         dist.broadcast(flag, src=0)
         stop = bool(flag.item())
