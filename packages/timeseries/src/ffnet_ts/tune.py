@@ -13,7 +13,8 @@ validation split inside a wall-clock budget:
 * **Budget -> plan.** A short calibration measures seconds per training window (at the costliest
   ``ffn_ratio`` of the space) and per validation window; the plan then sizes an "epoch" (``epoch_windows``,
   a seeded random subset of the train windows when a full pass would be too long) so that the halving
-  rungs take about ``SEARCH_FRACTION`` of the budget and the survivor gets the rest. Validation scores
+  rungs take about ``SEARCH_FRACTION`` of the budget and the survivor gets the rest (its last epoch is cut
+  when the budget ends inside it, see ``train.fit``). Validation scores
   every ``val_stride``-th window (at most ``MAX_VAL_WINDOWS``): neighbouring windows overlap in all but one
   row, so this costs little information and a lot less time. The plan depends on the measured speed, so it
   is stored in the state file: a resumed search keeps the plan it started with.
@@ -101,8 +102,13 @@ class Plan:
 
 
 def make_plan(budget_s: float, train_windows: int, val_windows: int, calibration: dict,
-              max_batch: int = 512, n_space: int | None = None) -> Plan:
-    """Size the halving rungs so that they take about ``SEARCH_FRACTION`` of ``budget_s``."""
+              max_batch: int = 512, n_space: int | None = None, min_batch: int = 64) -> Plan:
+    """Size the halving rungs so that they take about ``SEARCH_FRACTION`` of ``budget_s``.
+
+    When even the smallest plan cannot give every epoch ``MIN_EPOCH_STEPS`` batches of the largest size, its
+    epochs shrink (down to ``MIN_EPOCH_STEPS`` batches of the smallest size) so that the survivor still gets
+    the rest of the budget instead of the search eating all of it.
+    """
     stride = max(math.ceil(val_windows / MAX_VAL_WINDOWS), 1)
     val_s = math.ceil(val_windows / stride) * calibration["val_window_s"]
     min_windows = min(train_windows, MIN_EPOCH_STEPS * max_batch)
@@ -114,7 +120,8 @@ def make_plan(budget_s: float, train_windows: int, val_windows: int, calibration
         per_epoch = SEARCH_FRACTION * budget_s / epochs
         windows = min(train_windows, int((per_epoch - val_s) / calibration["train_window_s"]))
         if windows >= min_windows or i == len(options) - 1:
-            windows = max(windows, min_windows)
+            windows = max(windows, min_windows if windows >= min_windows else
+                          min(train_windows, MIN_EPOCH_STEPS * min_batch))
             est = epochs * (windows * calibration["train_window_s"] + val_s)
             return Plan(n, eta, rungs, windows, stride, est)
     raise AssertionError("unreachable")
@@ -239,7 +246,7 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
                                     if base_cfg.device != "auto" else "cpu")
         n_space = math.prod(len(v) for v in space.values())
         plan = make_plan(budget_s, view.windows("train"), view.windows("val"), calibration,
-                         max_batch=max(space["batch_size"]), n_space=n_space)
+                         max_batch=max(space["batch_size"]), min_batch=min(space["batch_size"]), n_space=n_space)
         cands = sample_configs(space, base_config, plan.n_configs, seed)
         state = {"format": STATE_FORMAT, "key": key, "calibration": {k: calibration[k] for k in
                                                                        ("train_window_s", "val_window_s")},
