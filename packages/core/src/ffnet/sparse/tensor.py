@@ -270,10 +270,12 @@ class SparseTensor:
     def dense(self) -> torch.Tensor:
         """Dense ``(B, C, D, H, W)`` tensor with zeros at inactive sites (differentiable)."""
         d, h, w = self.spatial_shape
-        out = self._features.new_zeros(self.batch_size, d, h, w, self.num_channels)
+        out = self._features.new_zeros(self.batch_size, self.num_channels, d, h, w)
         idx = self.indices.long()
-        out = out.index_put((idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]), self._features)
-        return out.permute(0, 4, 1, 2, 3).contiguous()  # (B, C, D, H, W)
+        # Scatter the N x C values straight into the channel-first grid (through a channel-last view):
+        # writing a channel-last grid and transposing it copied all B*C*D*H*W elements twice.
+        out.permute(0, 2, 3, 4, 1).index_put_((idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]), self._features)
+        return out  # (B, C, D, H, W)
 
     def to(self, *args, **kwargs) -> SparseTensor:
         """Moves / casts the features (and the coordinates when the device changes)."""
