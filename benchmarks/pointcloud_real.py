@@ -115,7 +115,7 @@ def montage(path, frames: list[dict], title: str, xlim, ylim) -> None:
     tmp.replace(path)
 
 
-def run_checkpoint(name: str, ckpt: str | None, frames, ids, png_dir: Path | None) -> dict:
+def run_checkpoint(name: str, ckpt: str | None, frames, ids, png_dir: Path | None, extra_thresh=()) -> dict:
     import torch
     from ffnet_3d.checkpoint import load_model
     from ffnet_3d.data import in_range_mask
@@ -128,6 +128,7 @@ def run_checkpoint(name: str, ckpt: str | None, frames, ids, png_dir: Path | Non
     out_of_range = 0
     fp = fp_no = 0
     n_det = 0
+    extra = {}
     t0 = time.perf_counter()
     for fid in ids:
         points = frames.points(fid)
@@ -144,6 +145,12 @@ def run_checkpoint(name: str, ckpt: str | None, frames, ids, png_dir: Path | Non
         out_of_range += int((~inr).sum())
         gt_in, names_in = gt_boxes[inr], np.asarray(sel.name)[inr]
         m = match_frame(det["boxes"], det["names"], det["scores"], gt_in, names_in, all_boxes)
+        for thr in extra_thresh:  # the same detections, kept above a stricter score
+            k = det["scores"] >= thr
+            mx = match_frame(det["boxes"][k], det["names"][k], det["scores"][k], gt_in, names_in, all_boxes)
+            ex = extra.setdefault(thr, {"found": 0, "fp": 0})
+            ex["found"] += int(mx["found"].sum())
+            ex["fp"] += int((~mx["tp"]).sum())
         for c in CLASSES:
             tot[c][0] += int(m["found"][names_in == c].sum())
             tot[c][1] += int((names_in == c).sum())
@@ -169,7 +176,9 @@ def run_checkpoint(name: str, ckpt: str | None, frames, ids, png_dir: Path | Non
            "labelled_out_of_range": out_of_range,
            "per_class": {c: {"found": v[0], "labelled": v[1]} for c, v in tot.items()},
            "fp_per_frame": fp / len(ids), "fp_no_overlap_per_frame": fp_no / len(ids),
-           "detections_per_frame": n_det / len(ids), "wall_s": round(wall, 1), "per_frame": per_frame}
+           "detections_per_frame": n_det / len(ids), "wall_s": round(wall, 1),
+           "at_score": {str(t): {"found": v["found"], "fp_per_frame": v["fp"] / len(ids)} for t, v in extra.items()},
+           "per_frame": per_frame}
     if png_dir is not None:
         png = png_dir / f"real_kitti_{name}.png"
         montage(png, panels, f"{name}: six real KITTI frames, score >= {cfg.test.score_thresh} "
@@ -204,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="pointcloud_real", help="results file stem")
     ap.add_argument("--png-dir", default=str(ROOT / "packages/pointcloud/docs"))
     ap.add_argument("--no-png", action="store_true")
+    ap.add_argument("--extra-thresh", type=float, nargs="*", default=[0.3],
+                    help="also report recall / FP at these stricter score thresholds")
     ap.add_argument("--synth", help="also write a montage of six frames of this synthetic dataset")
     ap.add_argument("--synth-png", default=None, help="path of that montage (default PNG_DIR/synthetic_frames.png)")
     args = ap.parse_args(argv)
@@ -222,7 +233,7 @@ def main(argv=None) -> int:
         name, _, path = spec.partition("=")
         if not path:
             name, path = (spec, None) if spec == "shipped" else (Path(spec).parent.name or spec, spec)
-        results.append(run_checkpoint(name, path, frames, ids, png_dir))
+        results.append(run_checkpoint(name, path, frames, ids, png_dir, args.extra_thresh))
     if args.synth:
         png = Path(args.synth_png) if args.synth_png else Path(args.png_dir) / "synthetic_frames.png"
         synth_montage(Path(args.synth), png, (0.0, 51.2), (-25.6, 25.6))
@@ -241,6 +252,12 @@ def main(argv=None) -> int:
         lines.append(f"| {r['name']} | {r['score_thresh']} | {r['found']}/{r['labelled_in_range']} "
                      f"({100 * r['recall']:.0f} %) | " + " | ".join(f"{pc[c]['found']}/{pc[c]['labelled']}" for c in CLASSES)
                      + f" | {r['fp_per_frame']:.2f} | {r['fp_no_overlap_per_frame']:.2f} | {r['detections_per_frame']:.2f} |")
+    for thr in args.extra_thresh:
+        lines += ["", f"Same detections kept at score >= {thr}:", "",
+                  "| checkpoint | recall (all) | FP / frame |", "|---|---:|---:|"]
+        for r in results:
+            e = r["at_score"][str(thr)]
+            lines.append(f"| {r['name']} | {e['found']}/{r['labelled_in_range']} | {e['fp_per_frame']:.2f} |")
     if results:
         lines += ["", f"Labels outside the detector's range (not counted): {results[0]['labelled_out_of_range']}."]
     save(args.name, {"environment": environment(), "data": str(root), "frames": ids, "results": results},

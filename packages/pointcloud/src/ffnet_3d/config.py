@@ -95,7 +95,7 @@ class TrainConfig:
     log_every: int = 20
     ckpt_every: int = 1
     val_frac: float = 0.0
-    init: str | None = None  # warm start: weights (model.safetensors / last.pt) loaded before step 0
+    init: str | None = None  # warm start: weights (model.safetensors / last.pt, or 'shipped') loaded before step 0
 
 
 @dataclass

@@ -408,7 +408,9 @@ def _scan_and_label(cfg: SynthConfig, rng, meshes, objects, calib, return_owner)
     objs = KittiObjects.from_lidar_boxes(names, boxes, calib, image_shape=cfg.image_shape, occluded=occl)
     # keep what the camera sees (KITTI only annotates objects in the image)
     _, trunc, in_front = calib.boxes_to_image_bbox(boxes, cfg.image_shape)
-    keep = in_front & (trunc < 1.0)
+    # version 2: labels store truncation with 2 decimals, so 0.995 would be written as "1.00" (fully
+    # outside the image); version 1 keeps its original rule so its datasets regenerate bit for bit
+    keep = in_front & (trunc < (1.0 if cfg.version == 1 else 0.99))
     objs = objs.select(keep)
     boxes = boxes[keep]
     names = np.asarray(names, dtype="<U16")[keep] if len(names) else np.zeros(0, dtype="<U16")

@@ -146,9 +146,9 @@ def train(cfg: Config, data_dir, out_dir, *, resume=None, device: str | None = N
         _log(log_path, f"resumed from {resume} at epoch {start_epoch} step {step}", rank)
     else:
         if t.init:
-            from .checkpoint import read_checkpoint
+            from .checkpoint import SHIPPED_CHECKPOINT, read_checkpoint
 
-            sd, init_cfg, _ = read_checkpoint(t.init)
+            sd, init_cfg, _ = read_checkpoint(SHIPPED_CHECKPOINT if t.init == "shipped" else t.init)
             if init_cfg.model != cfg.model:
                 raise ValueError(f"train.init {t.init}: its model config differs from this run's")
             model.load_state_dict(sd)
