@@ -167,3 +167,23 @@ def test_unfusable_model_is_refused(tiny, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="cannot be fused"):
         export_checkpoint(tmp / "tiny.pt", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_linear_base_variant_exports_with_its_base(etth1, tmp_path):
+    """ffnet_ts_lb (ours): the frozen closed-form base is a buffer of the graph; ORT == torch."""
+    from ffnet_ts.reference import fit_linear
+
+    prep = D.prepare(etth1, 32, 8, "M")
+    torch.manual_seed(0)
+    margs = {"n_vars": prep.n_vars, "lookback": prep.lookback, "horizon": prep.horizon, "dim": 8,
+             "kernel_size": 7, "small_kernel": 3}
+    model = create_model("ffnet_ts_lb", **margs).eval()
+    model.set_linear_base(fit_linear(prep).weight)
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # a non-zero residual, as after training
+    _randomize_bn(model)
+    meta = {"model": {"name": "ffnet_ts_lb", "args": margs}, "data": cli._data_meta(prep)}
+    torch.save({"format": CHECKPOINT_FORMAT, **meta, "state_dict": model.state_dict(), "epoch": 1, "val_mse": 0.5},
+               tmp_path / "lb.pt")
+    path = export_checkpoint(tmp_path / "lb.pt", tmp_path / "lb.onnx")
+    x = _raw_windows(prep, 6)
+    assert _rel(OnnxRuntimeModel(path, threads=1).run(x)[0], _reference(model, prep, x)) < RTOL
