@@ -70,9 +70,15 @@ def _tune(prep, out, seed=3, **kw):
                    data_meta={"name": "syn"}, space=SPACE, seed=seed, max_epochs=8, calibration=CALIBRATION, **kw)
 
 
-@pytest.fixture(scope="module")
-def first(prep, tmp_path_factory):
-    return _tune(prep, tmp_path_factory.mktemp("tune") / "a")
+_FIRST = {}
+
+
+@pytest.fixture
+def first(prep, tmp_path_factory, one_thread):
+    """One reference search, shared by the tests (run inside a test, after one_thread has applied)."""
+    if "run" not in _FIRST:
+        _FIRST["run"] = _tune(prep, tmp_path_factory.mktemp("tune") / "a")
+    return _FIRST["run"]
 
 
 def test_the_guard_really_raises(prep):

@@ -11,7 +11,8 @@
 * Budget: at most ``epochs`` epochs and, when ``time_budget`` is set, no new epoch is started once the
   training seconds so far plus the last epoch's duration would exceed it (so a run ends near its budget
   instead of far past it), and an epoch that reaches the budget is cut after the step that reaches it
-  (minus the last validation pass's duration); the partial epoch is validated like any other and its
+  (minus the time the validation pass will take: the last one's, or estimated from the step time before
+  the first); the partial epoch is validated like any other and its
   history record says how many ``steps`` it ran. ``FitResult.stop_reason`` says which
   rule ended training: ``early_stopping``, ``epoch_cap`` or ``time_budget``. The budget counts the seconds
   stored in the resume file, so ``--resume`` continues the same budget rather than starting a new one.
@@ -345,7 +346,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
                dynamic_ncols=True, leave=False, file=sys.stderr)
     stopped = bad >= cfg.patience and resume
     reason = "early_stopping" if stopped else "epoch_cap"
-    cut, val_seconds = False, 0.0
+    cut, val_seconds, n_val = False, 0.0, prep.windows("val")
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.time_budget is not None and history and _out_of_time(history, seconds, cfg.time_budget, info, device):
             reason = "time_budget"
@@ -362,10 +363,13 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         for step in range(steps):
             # One epoch can be far longer than the whole budget (Weather, Traffic on a CPU): stop inside it,
             # keeping time for the validation pass that scores the partial epoch.
-            if cfg.time_budget is not None and step > 0 and _agree(
-                    seconds + time.perf_counter() - t0 + val_seconds > cfg.time_budget, info, device):
-                done, cut = step, True
-                break
+            if cfg.time_budget is not None and step > 0:
+                spent = time.perf_counter() - t0
+                # before the first validation pass its cost is unknown: a forward pass is ~1/3 of a step
+                val_est = val_seconds or spent / (step * per_rank) * math.ceil(n_val / cfg.val_stride) / 3
+                if _agree(seconds + spent + val_est > cfg.time_budget, info, device):
+                    done, cut = step, True
+                    break
             lr = lr_at(cfg, epoch, step, steps)
             for group in opt.param_groups:
                 group["lr"] = lr
