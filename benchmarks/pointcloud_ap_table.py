@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     groups: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     for spec in args.runs:
-        key, _, path = spec.partition("=")
+        key, _, path = spec.rpartition("=")
         ckpt, valset, seed = key.split("|")
         groups[(ckpt, valset)][seed] = {"path": path, "ap": json.loads(Path(path).read_text())["ap"]}
     lines = ["| checkpoint | val set (generator) | seeds | " + " | ".join(f"{c} BEV / 3D mod" for c in CLASSES) + " |",

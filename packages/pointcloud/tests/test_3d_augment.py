@@ -129,3 +129,27 @@ def test_synth_v2_sensor_and_labels():
     assert hit.sum() > 100
     inside = points_in_boxes(pts, boxes, margin=0.08)
     assert inside[np.flatnonzero(hit), owner[hit]].all()
+
+
+def test_train_init_warm_starts_and_checks_the_model(synth_root, tmp_path):
+    import torch
+    from ffnet_3d.checkpoint import read_checkpoint, save_weights
+    from ffnet_3d.model import build_detector
+    from ffnet_3d.train import train
+
+    cfg = config_from_dict({"train": {"log_every": 1, "lr": 0.0, "weight_decay": 0.0}}, get_preset("tiny"))
+    torch.manual_seed(123)
+    src = build_detector(cfg)
+    save_weights(tmp_path / "init.safetensors", src, cfg)
+    cfg.train.init = str(tmp_path / "init.safetensors")
+    out = train(cfg, synth_root, tmp_path / "run", ids=["000000", "000001"], max_steps=1, progress=False, threads=1)
+    sd, _, _ = read_checkpoint(out)
+    ref = src.state_dict()
+    # lr 0: the one step leaves the weights where the warm start put them (BN running stats do move)
+    for k, v in sd.items():
+        if "running" not in k and "num_batches" not in k:
+            torch.testing.assert_close(v, ref[k], msg=k)
+    assert "initialised from" in (tmp_path / "run" / "train.log").read_text()
+    other = config_from_dict({"model": {"head_chs": 8}, "train": {"init": cfg.train.init}}, get_preset("tiny"))
+    with pytest.raises(ValueError, match="model config differs"):
+        train(other, synth_root, tmp_path / "bad", ids=["000000"], max_steps=1, progress=False, threads=1)
