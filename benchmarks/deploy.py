@@ -163,7 +163,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--resume", action="store_true", help="keep the rows already in results/deploy.json")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in results/<name>.json")
+    ap.add_argument("--name", default="deploy", help="results file stem in benchmarks/results/")
     args = ap.parse_args()
     data_dir = Path(os.environ["FFNET_DATA_DIR"]) if os.environ.get("FFNET_DATA_DIR") else None
     cases = [c for c in args.cases.split(",") if c]
@@ -175,7 +176,7 @@ def main() -> None:
 
     env = {**environment(), "onnxruntime": onnxruntime.__version__}
     rows, start_load = [], os.getloadavg()[0]
-    prev = RESULTS / "deploy.json"
+    prev = RESULTS / f"{args.name}.json"
     if args.resume and prev.is_file():
         old = json.loads(prev.read_text())
         rows, start_load = old["rows"], old.get("loadavg_start", start_load)
@@ -190,7 +191,7 @@ def main() -> None:
                 rows.sort(key=lambda r: (CASES.index(r["case"]), r["threads"]))
                 wall = time.perf_counter() - t0
                 load = [start_load, os.getloadavg()[0]]
-                save("deploy", dict(env=env, rows=rows, loadavg_start=start_load, loadavg_end=load[1], wall_s=wall,
+                save(args.name, dict(env=env, rows=rows, loadavg_start=start_load, loadavg_end=load[1], wall_s=wall,
                                     command="nice -n 10 uv run python benchmarks/deploy.py " + " ".join(sys.argv[1:])),
                      table(rows, env, load, wall))
 
