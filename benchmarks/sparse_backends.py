@@ -246,7 +246,7 @@ def main() -> None:
     lines += ["", "(ms; map_* build maps on fresh coordinates, `torch-ref` still builds its maps with the numba "
               "hash, `map_subm7_sortsearch` is the pure-torch build.)", "",
               "numba one-off costs (fresh process, 5^3 depthwise conv fwd + bwd on 3k voxels, float32):", "",
-              "| numba cache | import numba (s) | first call (s) | second call (s) |", "|---|---:|---:|---:|"]
+              "| numba cache | import ffnet.sparse + numba (s) | first call (s) | second call (s) |", "|---|---:|---:|---:|"]
     for name, r in one_off.items():
         if "error" in r:
             lines.append(f"| {name} | error: {r['error']} | - | - |")
