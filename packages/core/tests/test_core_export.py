@@ -170,3 +170,15 @@ def test_import_ffnet_does_not_import_onnx():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_fused_deploy_weights_export_too(tmp_path, exported):
+    """A state dict saved from the fused model (``reparam_conv`` keys) loads into an inference_mode build."""
+    _, _, fused = exported
+    torch.save(fused.state_dict(), tmp_path / "fused.pth")
+    path = export_backbone("ffnet_test", tmp_path / "fused.onnx", weights=tmp_path / "fused.pth", img_size=64,
+                           num_classes=10)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = fused(x).numpy()
+    assert _rel(OnnxRuntimeModel(path, threads=1)(x).numpy(), ref) < RTOL
