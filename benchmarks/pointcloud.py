@@ -13,7 +13,8 @@
 (c) The whole ``ffnet-3d detect`` pipeline on the six real frames with the shipped checkpoint:
     read -> crop -> voxelize -> encoder -> BEV -> neck -> head -> decode -> NMS -> KITTI lines (the
     PNG and interpreter start-up excluded), per-stage medians, the median end-to-end time per scan,
-    and the throughput of batches of 8 scans (scans / s), at each thread count.
+    and the throughput of batches of 8 scans (scans / s), at each thread count; with
+    ``OMP_WAIT_POLICY=PASSIVE`` unless set, as ``ffnet-3d detect`` runs.
 (b) Car / Pedestrian / Cyclist AP (R40, BEV and 3D, easy / moderate / hard) on seeded synthetic
     validation sets (``ffnet-3d synth --seed S --n 100``, seeds 1000 and 2000 by default, generated if
     missing; per seed and the mean), scored from the written KITTI result lines, for our detector
@@ -219,6 +220,9 @@ def latency_table(rounds: int, threads: int, device: str, memory: bool = False) 
 
 # ------------------------------------------------------------------------------- (c) detect pipeline
 def _child_detect(threads: int, rounds: int, checkpoint: str | None, batch: int) -> dict:
+    from ffnet_3d.cli import _passive_omp_wait
+
+    _passive_omp_wait()  # as `ffnet-3d detect` does (before torch loads its OpenMP runtime)
     import torch
 
     torch.set_num_threads(threads)

@@ -100,3 +100,20 @@ def test_detect_profile_prints_stage_table(kitti_root, tiny, tmp_path, capsys):
     # stdout still carries only the KITTI lines, the same as the files
     assert cap.out.strip().splitlines() == (out / "000002.txt").read_text().strip().splitlines()
     assert len(read_label(out / "000002.txt")) > 0
+
+
+def test_detect_defaults_to_passive_omp_wait_only_before_torch(monkeypatch):
+    import os
+    import sys
+
+    from ffnet_3d import cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cli._passive_omp_wait()  # torch is loaded in this process: too late to matter, leave env alone
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")
+    cli._passive_omp_wait()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's choice wins
+    cli._passive_omp_wait()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -131,7 +131,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _passive_omp_wait() -> None:
+    """Default ``OMP_WAIT_POLICY=PASSIVE`` for one-scan inference, unless the user set it.
+
+    torch's OpenMP threads otherwise spin at every barrier; on a shared 2-core machine a spinning
+    thread waits for a partner that is not scheduled, and 2-thread detection took 2.4-15 s per scan
+    instead of 0.86 s (benchmarks/results/pointcloud_detect.md). Only effective before torch (and
+    its OpenMP runtime) is loaded, hence here and not in a library module.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def cmd_detect(args) -> int:
+    _passive_omp_wait()
     scan = Path(args.scan)
     stem = scan.name.split(".")[0]
     out = Path(args.output)
