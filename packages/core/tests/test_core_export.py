@@ -110,12 +110,16 @@ def test_features_only_export(tmp_path):
     assert read_metadata(path)["feature_reductions"] == [4, 8, 16, 32]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ffnet.cli", "export", *args], capture_output=True, text=True,
-                          timeout=600)
+def test_cli_bad_inputs_exit_2_and_overwrite_nothing(tmp_path, exported, capsys):
+    from types import SimpleNamespace
 
+    from ffnet.cli import main
 
-def test_cli_bad_inputs_exit_2_and_overwrite_nothing(tmp_path, exported):
+    def _cli(*args: str) -> SimpleNamespace:  # in-process: a subprocess would re-import torch for every case
+        capsys.readouterr()
+        rc = main(["export", *args])
+        return SimpleNamespace(returncode=rc, stderr=capsys.readouterr().err)
+
     out = tmp_path / "m.onnx"
     out.write_bytes(b"keep me")
     r = _cli("resnet50", "-o", str(tmp_path / "x.onnx"))
