@@ -162,18 +162,24 @@ _NUMBA_DROPOUT = None  # the compiled kernel, False when numba is unusable
 
 
 def _numba_dropout():
-    """``masked_scale(x, u8, out, drop, scale)``: out = x * scale where u8 >= drop, else 0 (numba, parallel)."""
+    """``masked_scale(x, u8, out, drop, scale)``: out = x * scale where u8 >= drop, else 0 (numba, serial).
+
+    NOTE: serial on purpose. numba's ``parallel=True`` starts its own OpenMP/TBB worker pool beside torch's;
+    measured here, the two pools' spinning threads slowed the *whole* training step (every torch op, and
+    other models in the same process) several-fold on 2 cores. One vectorized pass is memory-bound anyway.
+    """
     global _NUMBA_DROPOUT
     if _NUMBA_DROPOUT is None:
         try:
             import numba
 
-            @numba.njit(parallel=True, cache=True)
+            @numba.njit(cache=True)
             def masked_scale(x, u8, out, drop, scale):  # pragma: no cover - compiled
-                for i in numba.prange(x.size):
-                    out[i] = x[i] * scale if u8[i] >= drop else x.dtype.type(0)
+                zero = x.dtype.type(0)
+                for i in range(x.size):
+                    out[i] = x[i] * scale if u8[i] >= drop else zero
 
-            _NUMBA_DROPOUT = (numba, masked_scale)
+            _NUMBA_DROPOUT = masked_scale
         except Exception:  # noqa: BLE001 - numba is an accelerator here; the torch ops are the fallback
             _NUMBA_DROPOUT = False
     return _NUMBA_DROPOUT
@@ -184,14 +190,12 @@ def _masked_scale(x: torch.Tensor, u8: torch.Tensor, drop: int, scale: float) ->
     kernel = _numba_dropout()
     if not kernel or x.dtype not in (torch.float32, torch.float64):
         return x * (u8 >= drop).to(x.dtype).mul_(scale)
-    numba, masked_scale = kernel
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     out = torch.empty_like(x)
     np_dtype = {torch.float32: "float32", torch.float64: "float64"}[x.dtype]
     import numpy as np
 
-    masked_scale(_dense_flat(x).numpy(), _dense_flat(u8).numpy(), _dense_flat(out).numpy(), np.uint8(drop),
-                 getattr(np, np_dtype)(scale))
+    kernel(_dense_flat(x).numpy(), _dense_flat(u8).numpy(), _dense_flat(out).numpy(), np.uint8(drop),
+           getattr(np, np_dtype)(scale))
     return out
 
 
