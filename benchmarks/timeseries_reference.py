@@ -481,6 +481,13 @@ def estimate_table() -> str:
     grand = sum(totals.values())
     notes = "".join(f"\n\n† {r['dataset']} H{r['horizon']} {NAMES[r['model']]}: {r['note']}." for r in est["rows"]
                     if r.get("note"))
+    rm = est.get("remeasured")
+    if rm:
+        notes += (f"\n\nRe-measured ETTh1 H96 at {rm['when']} (load average {rm['loadavg']}, code {rm['code']}): "
+                  + ", ".join(f"{NAMES[r['model']]} {r['step_seconds']:.3f} s per batch-{r['batch_size']} step "
+                              f"({r['cell_hours_max']:.2f} h per cell at most)" for r in rm["rows"])
+                  + ". The plan above was measured at load average 10-15 (and before that commit for FFNet-TS), so "
+                    "its estimates are 2-6x pessimistic for a quieter machine.")
     return "\n".join(lines) + notes + (f"\n\nWhole grid at the recipes' maximum epochs: **{grand / 3600:.0f} CPU-hours** "
                                f"(measured {est.get('measured', '?')}, load average {est.get('loadavg', 0):.1f} on "
                                f"2 cores shared with other agents; early stopping ends most cells sooner).")
