@@ -437,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--features", default="M", choices=["M", "S", "MS"],
                    help="M: all->all; S: target->target; MS: all->target")
     f.add_argument("--target", default=None, help="target column (default OT, else the last column)")
-    f.add_argument("--model", default="ffnet_ts", help="ffnet_ts | dlinear | patchtst | ffnet_ts_tiny")
+    f.add_argument("--model", default="ffnet_ts",
+                   help="ffnet_ts | ffnet_ts_lb (ours: on a closed-form linear base) | dlinear | patchtst | "
+                        "itransformer | ffnet_ts_tiny")
     f.add_argument("--epochs", type=int, default=None,
                    help=f"maximum epochs (default: {DEFAULT_MAX_EPOCHS} under the time budget; given alone: no "
                         "time limit)")

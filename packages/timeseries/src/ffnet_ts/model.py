@@ -405,7 +405,8 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered forecaster: ``ffnet_ts``, ``ffnet_ts_tiny``, ``dlinear``, ``patchtst``.
+    """Build a registered forecaster: ``ffnet_ts``, ``ffnet_ts_lb``, ``ffnet_ts_tiny``, ``dlinear``, ``patchtst``,
+    ``itransformer``.
 
     All take ``n_vars``, ``lookback`` and ``horizon``; the remaining kwargs are the model's own.
     """
