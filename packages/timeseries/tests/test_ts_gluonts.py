@@ -34,12 +34,7 @@ def _estimator(tmp_path, **kw):
                           trainer_kwargs=trainer, **TINY, **kw)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_train_evaluate_and_round_trip(tmp_path):

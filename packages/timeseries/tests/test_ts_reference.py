@@ -11,26 +11,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from ffnet_ts import cli
 from ffnet_ts import data as D
 from ffnet_ts import reference as R
-from ffnet_ts.testing import staged_csv, truncated_csv
 
 L, H = 48, 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-
-@pytest.fixture(scope="module")
-def small_csv(data_dir, tmp_path_factory):
-    return truncated_csv(staged_csv(data_dir), tmp_path_factory.mktemp("ref") / "etth1_600.csv", 600)
 
 
 def _independent_windows(csv):

@@ -17,13 +17,7 @@ def prep(data_dir, tmp_path_factory):
     return D.prepare(D.load(str(csv)), 48, 24)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit-exact comparisons need a fixed thread count; one thread is also fastest on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _cfg(**kw):

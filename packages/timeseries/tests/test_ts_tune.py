@@ -23,12 +23,7 @@ SPACE = {"ffn_ratio": (2, 4), "dropout": (0.1, 0.3), "head_dropout": (0.0,), "lr
 BASE = {"ffn_ratio": 4, "dropout": 0.3, "head_dropout": 0.0, "lr": 1e-3, "batch_size": 64}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
