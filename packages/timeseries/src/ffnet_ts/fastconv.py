@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from ffnet.layers import DenseBackend
@@ -191,11 +192,9 @@ def _masked_scale(x: torch.Tensor, u8: torch.Tensor, drop: int, scale: float) ->
     if not kernel or x.dtype not in (torch.float32, torch.float64):
         return x * (u8 >= drop).to(x.dtype).mul_(scale)
     out = torch.empty_like(x)
-    np_dtype = {torch.float32: "float32", torch.float64: "float64"}[x.dtype]
-    import numpy as np
-
-    kernel(_dense_flat(x).numpy(), _dense_flat(u8).numpy(), _dense_flat(out).numpy(), np.uint8(drop),
-           getattr(np, np_dtype)(scale))
+    xs = _dense_flat(x).numpy()
+    # scalars typed like the data, so the product rounds exactly as the stock `x * mask` does
+    kernel(xs, _dense_flat(u8).numpy(), _dense_flat(out).numpy(), np.uint8(drop), xs.dtype.type(scale))
     return out
 
 
