@@ -14,7 +14,8 @@
     read -> crop -> voxelize -> encoder -> BEV -> neck -> head -> decode -> NMS -> KITTI lines (the
     PNG and interpreter start-up excluded), per-stage medians, the median end-to-end time per scan,
     and the throughput of batches of 8 scans (scans / s), at each thread count; with
-    ``OMP_WAIT_POLICY=PASSIVE`` unless set, as ``ffnet-3d detect`` runs.
+    torch's OpenMP wait policy chosen as ``ffnet-3d detect`` chooses it (passive only when the load
+    average says the cores are busy, unless ``OMP_WAIT_POLICY`` is set); the policy is recorded.
 (b) Car / Pedestrian / Cyclist AP (R40, BEV and 3D, easy / moderate / hard) on seeded synthetic
     validation sets (``ffnet-3d synth --seed S --n 100``, seeds 1000 and 2000 by default, generated if
     missing; per seed and the mean), scored from the written KITTI result lines, for our detector
@@ -279,6 +280,7 @@ def _child_detect(threads: int, rounds: int, checkpoint: str | None, batch: int)
         batch_times.append(time.perf_counter() - t0)
     return {
         "threads": threads, "checkpoint": checkpoint or "shipped", "recipe_steps": meta.get("steps"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spinning)"),
         "model_load_s": round(load_s, 2), "first_pass_s": round(warm_s, 2),
         "per_frame_ms": {fid: round(1000 * w, 1) for fid, (w, _) in totals.items()},
         "per_frame_cpu_ms": {fid: round(1000 * c, 1) for fid, (_, c) in totals.items()},
@@ -411,11 +413,11 @@ def markdown(res: dict) -> str:
                 f"**{d['median_ms']}** | {d['median_cpu_ms']}" for d in good) + " |")
             lines.append("")
             lines += ["| threads | median ms / scan | per-frame ms | scans / s one by one | batch | scans / s in batches "
-                      "| model load (s) | first pass (s) |", "|---:|---:|---|---:|---:|---:|---:|---:|"]
+                      "| model load (s) | first pass (s) | OMP_WAIT_POLICY |", "|---:|---:|---|---:|---:|---:|---:|---:|---|"]
             for d in good:
                 lines.append(f"| {d['threads']} | {d['median_ms']} | {', '.join(str(v) for v in d['per_frame_ms'].values())} "
                              f"| {d['single_scans_per_s']} | {d['batch']} | {d['batch_scans_per_s']} | "
-                             f"{d['model_load_s']} | {d['first_pass_s']} |")
+                             f"{d['model_load_s']} | {d['first_pass_s']} | {d.get('omp_wait_policy', 'PASSIVE')} |")
         for d in res["detect"]:
             if "error" in d:
                 lines.append(f"\n{d['threads']} threads: error {d['error']}")

@@ -124,11 +124,15 @@ def _run(k, dtype, threads):
         torch.set_num_threads(n0)
 
 
+@pytest.mark.parametrize("backend", ["omp", "pool"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [3, 7])
-def test_fused_is_bitwise_deterministic_across_runs_and_threads(k, dtype, monkeypatch):
+def test_fused_is_bitwise_deterministic_across_runs_and_threads(k, dtype, backend, monkeypatch):
     from ffnet.sparse import _numba_kernels as nk
 
+    if backend == "omp" and nk.parallel_backend() != "omp":
+        pytest.skip("numba's OpenMP threading layer does not load here (no libgomp)")
+    monkeypatch.setattr(nk, "_BACKEND", backend)
     monkeypatch.setattr(nk, "_MIN_PARALLEL_WORK", 0)  # 2 threads really split the rows, however small
     calls = []
     real = nk.run_rows
@@ -136,7 +140,7 @@ def test_fused_is_bitwise_deterministic_across_runs_and_threads(k, dtype, monkey
     ref = _run(k, dtype, 1)
     assert ref[0].shape[0] > 256 * 2  # more than one weight-gradient chunk
     again, two = _run(k, dtype, 1), _run(k, dtype, 2)
-    assert 2 in calls
+    assert 2 in calls and nk._BACKEND == backend
     for other in (again, two):
         for a, b in zip(ref, other):
             assert torch.equal(a, b)

@@ -102,16 +102,23 @@ def test_detect_profile_prints_stage_table(kitti_root, tiny, tmp_path, capsys):
     assert len(read_label(out / "000002.txt")) > 0
 
 
-def test_detect_defaults_to_passive_omp_wait_only_before_torch(monkeypatch):
+def test_detect_passive_omp_wait_only_on_a_busy_machine_before_torch(monkeypatch):
     import os
     import sys
 
     from ffnet_3d import cli
 
+    assert cli._busy(1.5, 2) and cli._busy(13.0, 2) and cli._busy(8.0, 8)
+    assert not cli._busy(0.7, 2) and not cli._busy(6.5, 8) and not cli._busy(0.3, 1)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.0, 12.0, 12.0))
     cli._passive_omp_wait()  # torch is loaded in this process: too late to matter, leave env alone
     assert "OMP_WAIT_POLICY" not in os.environ
     monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    cli._passive_omp_wait()  # idle machine: torch's default (spinning) stays
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.0, 12.0, 12.0))
     cli._passive_omp_wait()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's choice wins
