@@ -219,3 +219,18 @@ def test_gradcheck_float64():
     f = feats.detach().double().requires_grad_()
     w = torch.randn(2, 1, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: SF.fused_depthwise_conv(a, b, nmap), (f, w))
+
+
+def test_parallel_backend_choice(monkeypatch):
+    from ffnet.sparse import _numba_kernels as nk
+
+    monkeypatch.setattr(nk, "_BACKEND", None)
+    monkeypatch.setenv(nk.ENV_THREADS, "pool")
+    assert nk.parallel_backend() == "pool"
+    monkeypatch.setattr(nk, "_BACKEND", None)
+    monkeypatch.setenv(nk.ENV_THREADS, "gpu")
+    with pytest.raises(ValueError, match="FFNET_SPARSE_THREADS"):
+        nk.parallel_backend()
+    monkeypatch.setattr(nk, "_BACKEND", None)
+    monkeypatch.delenv(nk.ENV_THREADS)
+    assert nk.parallel_backend() in ("omp", "pool")

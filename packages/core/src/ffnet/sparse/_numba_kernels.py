@@ -78,7 +78,7 @@ def parallel_backend() -> str:
         if want not in ("omp", "pool"):
             raise ValueError(f"{ENV_THREADS} must be 'omp' or 'pool', got {want!r}")
         layer = str(numba.config.THREADING_LAYER).lower()
-        ok = want == "omp" and layer in ("default", "omp", "safe", "threadsafe")
+        ok = want == "omp" and layer in ("default", "omp", "threadsafe")  # "safe" means TBB only
         if ok:
             try:
                 import numba.np.ufunc.omppool  # noqa: F401  (loads libgomp; absent on some systems)
