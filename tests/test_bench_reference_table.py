@@ -1,0 +1,55 @@
+"""The reference-grid benchmark keeps the README's results block in sync with its cell JSONs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("timeseries_reference", ROOT / "benchmarks" / "timeseries_reference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cell(ds, h, model, mse):
+    return dict(dataset=ds, horizon=h, model=model, mse=mse, mae=mse + 0.01)
+
+
+def test_results_table_averages_only_finished_cells(bench):
+    cells = {("ETTh1", 96, "ffnet_ts"): _cell("ETTh1", 96, "ffnet_ts", 0.4),
+             ("ETTh1", 720, "ffnet_ts"): _cell("ETTh1", 720, "ffnet_ts", 0.5)}
+    table = bench.results_table(cells)
+    row = next(r for r in table.splitlines() if r.startswith("| **ETTh1 avg**"))
+    assert "**0.450 / 0.460** (2/4 H)" in row  # mean of the two finished horizons, flagged as partial
+    assert "missing (0/4 subsets complete)" in table.splitlines()[-1]
+
+
+def test_sync_readme_replaces_only_the_marked_block(bench, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\noutro\n")
+    assert bench.sync_readme("| new | table |", 3, 80, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{bench.README_END}\noutro\n")
+    assert "old table" not in text and "| new | table |" in text and "3 of 80 cells finished." in text
+    # idempotent
+    assert bench.sync_readme("| new | table |", 3, 80, readme) and readme.read_text() == text
+
+
+def test_sync_readme_leaves_a_file_without_markers_alone(bench, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    assert not bench.sync_readme("| t |", 1, 80, readme)
+    assert readme.read_text() == "no markers here\n"
+    assert not bench.sync_readme("| t |", 1, 80, tmp_path / "absent.md")
+
+
+def test_the_shipped_readme_has_the_markers(bench):
+    text = bench.README.read_text()
+    assert text.index(bench.README_START) < text.index(bench.README_END)
