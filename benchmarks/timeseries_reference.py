@@ -183,7 +183,8 @@ def run_cell(ds: str, h: int, model: str, *, out_dir: Path, epochs: int | None =
     state = STATE_DIR / (f"{name}.smoke.pt" if (epochs or max_windows) else f"{name}.pt")
     state.parent.mkdir(parents=True, exist_ok=True)
     lock = STATE_DIR / f"{name}.lock"
-    lock.write_text(str(os.getpid()))
+    if not _acquire_lock(lock):
+        raise CellBusy(f"{name}: another live process ({lock.read_text().strip()}) is running this cell")
     meta = {"model": {"name": model, **model_args}, "data": {"name": ds, "lookback": LOOKBACK, "horizon": h,
                                                               "max_windows": max_windows}}
     resume = state.is_file()
@@ -339,6 +340,33 @@ def _mem_available_gb() -> float:
     return float("inf")
 
 
+class CellBusy(RuntimeError):
+    """The cell's lock is held by a live process."""
+
+
+def _acquire_lock(lock: Path) -> bool:
+    """Create ``lock`` holding our pid, atomically (O_EXCL); take over a lock whose process is gone.
+
+    Two runners started at the same moment must not train the same cell: both would write its resume state."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text())
+                if pid != os.getpid():
+                    os.kill(pid, 0)
+                    return False  # alive
+            except (OSError, ValueError):
+                pass  # stale (dead pid) or unreadable: remove and retry once
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def _running_elsewhere(cell: tuple) -> bool:
     """A live process holds this cell's lock (e.g. a cell left running by a runner that was restarted)."""
     lock = STATE_DIR / f"{cell_name(*cell)}.lock"
@@ -349,13 +377,16 @@ def _running_elsewhere(cell: tuple) -> bool:
         return False
 
 
-def run_grid(threads: int) -> None:
-    """Every missing cell in order, each in a fresh subprocess (so it picks up the current code). The order is
-    recomputed before every cell, so estimates written by a concurrent --plan are used as they land."""
+def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS) -> None:
+    """Every missing cell of datasets x horizons x models in order, each in a fresh subprocess (so it picks up
+    the current code). The order is recomputed before every cell, so estimates written by a concurrent --plan
+    are used as they land. Runners over disjoint models can share a machine; a cell another process is
+    running is skipped (its lock is taken atomically by the cell itself)."""
     failed: set = set()
     while True:
         estimates = _load_estimates()
         todo = [c for c in ordered_cells(estimates) if c not in failed and not _running_elsewhere(c)
+                and c[0] in datasets and c[1] in horizons and c[2] in models
                 and not (CELLS_DIR / f"{cell_name(*c)}.json").is_file()]
         if not todo:
             break
@@ -597,7 +628,7 @@ def main(argv=None) -> int:
         write_table()
         return 0
     if args.run:
-        run_grid(args.threads)
+        run_grid(args.threads, args.datasets, args.horizons, args.models)
         return 0
     ds, h, model = args.cell[0], int(args.cell[1]), args.cell[2]
     if ds not in DATASETS or h not in HORIZONS or model not in MODELS:
@@ -613,7 +644,12 @@ def main(argv=None) -> int:
     if (out_dir / f"{cell_name(ds, h, model)}.json").is_file():
         print(f"{cell_name(ds, h, model)}: already finished ({out_dir}); delete its JSON to re-run", file=sys.stderr)
         return 0
-    run_cell(ds, h, model, out_dir=out_dir, epochs=args.epochs, max_windows=args.max_windows, threads=args.threads)
+    try:
+        run_cell(ds, h, model, out_dir=out_dir, epochs=args.epochs, max_windows=args.max_windows,
+                 threads=args.threads)
+    except CellBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

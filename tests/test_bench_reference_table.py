@@ -53,3 +53,20 @@ def test_sync_readme_leaves_a_file_without_markers_alone(bench, tmp_path):
 def test_the_shipped_readme_has_the_markers(bench):
     text = bench.README.read_text()
     assert text.index(bench.README_START) < text.index(bench.README_END)
+
+
+def test_cell_lock_is_exclusive_and_stale_locks_are_taken_over(bench, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    lock = tmp_path / "cell.lock"
+    lock.write_text(str(os.getppid()))  # a live process that is not us: the cell is busy
+    assert not bench._acquire_lock(lock)
+    assert lock.read_text() == str(os.getppid())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # its process is gone: take the lock over
+    assert bench._acquire_lock(lock) and lock.read_text() == str(os.getpid())
+    lock.unlink()
+    assert bench._acquire_lock(lock) and lock.read_text() == str(os.getpid())
