@@ -119,6 +119,25 @@ def _profile_top_ops(net, opt, x, y, steps: int = 3, top: int = 12) -> list[dict
             for e in ev[:top]]
 
 
+# Speed-only rows: the configurations the reference-recipe grid (benchmarks/timeseries_reference.py) trains on
+# ETTh1 H=96, timed at the same batch so the step cost of each published recipe's *architecture* can be compared.
+# "patchtst" above is the small PatchTST/42 ETTh configuration (d_model 16); TSLib's script, which the reference
+# grid and the lookback-96 tables use, has d_model 512.
+REFERENCE_SPEED_ROWS = {"patchtst_tslib": "patchtst", "itransformer": "itransformer"}
+
+
+def _speed_recipe(name: str) -> tuple[str, dict]:
+    """(create_model name, model kwargs) for a --speed row at ETTh1 H=96."""
+    if name in RECIPES:
+        return name, RECIPES[name]("ETTh1", 96)[0]
+    if name in REFERENCE_SPEED_ROWS:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from timeseries_reference import recipe
+
+        return REFERENCE_SPEED_ROWS[name], recipe(REFERENCE_SPEED_ROWS[name], "ETTh1", 96)[0]
+    raise SystemExit(f"--speed: unknown model {name!r} (known: {', '.join([*RECIPES, *REFERENCE_SPEED_ROWS])})")
+
+
 def speed(models: list[str], rounds: int, batch: int = 128, compile_ffnet: bool = False) -> dict:
     """Median training-step time (forward + backward + Adam) per model, rounds interleaved across models so
     that a change in machine load hits every model alike. ETTh1 shapes: lookback 96, horizon 96, 7 variables.
@@ -128,9 +147,9 @@ def speed(models: list[str], rounds: int, batch: int = 128, compile_ffnet: bool 
     """
     nets, opts = {}, {}
     for m in models:
-        model_args, train_args = RECIPES[m]("ETTh1", 96)
+        arch, model_args = _speed_recipe(m)
         torch.manual_seed(0)
-        nets[m] = create_model(m, n_vars=7, lookback=96, horizon=96, **model_args).train()
+        nets[m] = create_model(arch, n_vars=7, lookback=96, horizon=96, **model_args).train()
         opts[m] = torch.optim.Adam(nets[m].parameters(), lr=1e-4)
     x, y = torch.randn(batch, 96, 7), torch.randn(batch, 96, 7)
     flops = {m: _step_flops(nets[m], x, y) for m in models}
@@ -184,7 +203,7 @@ def speed_markdown(res: dict, threads: int) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     ref = next((r["median_step_ms"] for r in res["rows"] if r["model"] == "patchtst"), None)
     for r in res["rows"]:
-        ratio = f"{ref / r['median_step_ms']:.2f}x" if ref else "-"
+        ratio = f"{ref / r['median_step_ms']:.2f}x" if ref else "-"  # > 1: faster than PatchTST/42
         lines.append(f"| {r['model']} | {r['params']:,} | {r['gflop_per_step']:.2f} | {r['median_step_ms']:.1f} | "
                      f"{r['achieved_gflops']:.1f} | {r['gemm_floor_ms']:.1f} | {ratio} |")
     if res.get("compile_seconds") is not None:
@@ -233,7 +252,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["ETTh1"])
     p.add_argument("--horizons", nargs="+", type=int, default=[96, 192, 336, 720])
-    p.add_argument("--models", nargs="+", default=["ffnet_ts", "dlinear", "patchtst"])
+    p.add_argument("--models", nargs="+", default=["ffnet_ts", "dlinear", "patchtst"],
+                   help="models to train; --speed also accepts " + ", ".join(REFERENCE_SPEED_ROWS) + " (reference-grid configs)")
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--patience", type=int, default=PATIENCE)
     p.add_argument("--seed", type=int, default=2021)

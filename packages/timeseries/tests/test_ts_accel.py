@@ -41,3 +41,20 @@ def test_failure_on_first_call_falls_back_to_eager(monkeypatch):
     with torch.no_grad():  # later calls: eager, no new warning
         torch.testing.assert_close(wrapped(x), m(x), rtol=0, atol=0)
     assert list(wrapped.parameters()) == list(m.parameters())
+
+
+@pytest.mark.skipif(accel.cxx_compiler() is None, reason="no C++ compiler: inductor cannot build CPU kernels")
+def test_real_compile_of_a_training_model_does_not_fall_back():
+    # Regression: the fast dropout's byte view of int64 random words broke inductor ("setStorage ... out of
+    # bounds"), so every compiled FFNet-TS training step silently ran eagerly.
+    torch.manual_seed(0)
+    m = create_model("ffnet_ts_tiny", n_vars=3, lookback=16, horizon=8, dropout=0.5).train()
+    wrapped = accel.maybe_compile(m, True)
+    loss = wrapped(torch.randn(4, 16, 3)).square().mean()
+    loss.backward()
+    assert wrapped._compiled is not None and wrapped._checked  # compiled, not the eager fallback
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    m.eval()
+    x = torch.randn(2, 16, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), m(x), rtol=1e-4, atol=1e-5)

@@ -5,10 +5,11 @@ fails for any other reason) the model runs eagerly and one warning says why; tra
 of it.
 
 Measured on this project's 2-core AMD EPYC machine (AVX2 + FMA, no AVX-512; torch 2.15, inductor's C++
-backend; ``benchmarks/timeseries_ett.py --speed 20 --threads 1|2 --compile``, other jobs paused): the compiled
-FFNet-TS training step was 3 % faster than eager (413 vs 427 ms at 1 thread, 252 vs 261 ms at 2) after 8-12 s
-of compilation; on the heavily loaded machine it was slower. The step is bound by GEMMs that inductor hands to
-the same BLAS, so the forecasting CLI trains eagerly; call :func:`maybe_compile` where it pays off.
+backend; ``benchmarks/timeseries_ett.py --speed 20 --threads 1|2 --compile``, other jobs paused, 2026-12-01):
+the compiled FFNet-TS training step is 2.3x / 2.0x *slower* than eager (855 vs 379 ms at 1 thread, 458 vs
+234 ms at 2) after 9-23 s of compilation: inductor's kernels lose to the hand-laid-out fast path of
+:mod:`ffnet_ts.fastconv`, so the forecasting CLI trains eagerly. (An earlier "3 % faster" reading had timed the
+eager fallback: compilation was failing on the fast dropout, since fixed and tested.)
 """
 
 from __future__ import annotations

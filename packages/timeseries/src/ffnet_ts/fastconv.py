@@ -226,7 +226,11 @@ class FastDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if not _fast(x) or self.p >= 1.0 or torch.empty_like(x).stride() != x.stride():
+        # NOTE: under torch.compile the stock op is traced instead: inductor fuses it into its own kernels, and
+        # tracing the byte view of the int64 random words failed (inductor sized the uint8 storage at 8 bytes
+        # per element: "setStorage ... out of bounds", torch 2.15).
+        if (not _fast(x) or self.p >= 1.0 or torch.empty_like(x).stride() != x.stride()
+                or torch.compiler.is_compiling()):
             return F.dropout(x, self.p, True)
         drop = min(max(round(self.p * 256), 1), 255)  # bytes below `drop` are dropped
         n = x.numel()

@@ -1,0 +1,38 @@
+"""The --speed benchmark's reference-grid rows build the architectures the reference grid trains."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ett():
+    return _load("timeseries_ett")
+
+
+def test_reference_rows_use_the_reference_grid_recipes(ett):
+    ref = _load("timeseries_reference")
+    for row, model in (("patchtst_tslib", "patchtst"), ("itransformer", "itransformer")):
+        arch, kwargs = ett._speed_recipe(row)
+        assert arch == model
+        assert kwargs == ref.recipe(model, "ETTh1", 96)[0]
+    arch, kwargs = ett._speed_recipe("patchtst_tslib")
+    assert kwargs["dim"] == 512  # TSLib's script, not the d_model-16 PatchTST/42 row
+    assert ett._speed_recipe("patchtst")[1]["dim"] == 16
+
+
+def test_unknown_speed_row_is_one_clear_error(ett):
+    with pytest.raises(SystemExit, match="unknown model 'nope'"):
+        ett._speed_recipe("nope")
