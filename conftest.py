@@ -30,3 +30,17 @@ def data_dir() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("FFNET_DATA_DIR is not set to the staged data directory")
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("timeseries_ett")``: a script from benchmarks/ imported as a module (they are not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -131,7 +131,9 @@ def _speed_recipe(name: str) -> tuple[str, dict]:
     if name in RECIPES:
         return name, RECIPES[name]("ETTh1", 96)[0]
     if name in REFERENCE_SPEED_ROWS:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        here = str(Path(__file__).resolve().parent)
+        if here not in sys.path:  # the sibling script, importable as a module when run from anywhere
+            sys.path.insert(0, here)
         from timeseries_reference import recipe
 
         return REFERENCE_SPEED_ROWS[name], recipe(REFERENCE_SPEED_ROWS[name], "ETTh1", 96)[0]

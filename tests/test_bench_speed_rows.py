@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
-def ett():
-    return _load("timeseries_ett")
+def ett(load_benchmark):
+    return load_benchmark("timeseries_ett")
 
 
-def test_reference_rows_use_the_reference_grid_recipes(ett):
-    ref = _load("timeseries_reference")
+def test_reference_rows_use_the_reference_grid_recipes(ett, load_benchmark):
+    ref = load_benchmark("timeseries_reference")
     for row, model in (("patchtst_tslib", "patchtst"), ("itransformer", "itransformer")):
         arch, kwargs = ett._speed_recipe(row)
         assert arch == model
