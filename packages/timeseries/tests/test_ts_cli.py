@@ -123,7 +123,20 @@ def test_default_budget_trains_until_early_stopping(tmp_path, capsys):
     assert m["stop_reason"] == "early_stopping" and m["stopped_early"]
     assert m["epochs_run"] == m["best_epoch"] + cli.DEFAULT_PATIENCE < cli.DEFAULT_MAX_EPOCHS
     assert m["train_config"]["time_budget"] == cli.DEFAULT_TIME_BUDGET * 60
+    assert m["train_config"]["loss"] == "mse"  # the reference's loss stays the default
     assert "early stopping" in capsys.readouterr().out
+
+
+def test_loss_option_reaches_training_and_metrics(tmp_path):
+    csv = _synthetic_csv(tmp_path / "syn.csv", rows=200)
+    out = tmp_path / "run"
+    assert cli.main(["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", "24", "--horizon",
+                     "12", "--epochs", "1", "--loss", "mae", "--no-progress", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())["horizons"]["12"]
+    assert m["train_config"]["loss"] == "mae"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["forecast", "--data", str(csv), "--loss", "l3", "--out", str(tmp_path / "bad")])
+    assert e.value.code == 2 and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("argv, budget", [

@@ -197,3 +197,31 @@ def test_amp_training_step_on_cuda(prep):
     m = _model(prep)
     r = T.fit(m, prep, _cfg(epochs=1, device="cuda", amp=True))
     assert r.best_val_mse < float("inf")
+
+
+def test_training_loss_is_the_configured_criterion(prep, monkeypatch):
+    a, b = torch.tensor([0.0, 0.5, 3.0]), torch.tensor([0.2, -0.5, 0.0])
+    d = (a - b).abs()
+    assert T.training_loss("mse")(a, b).item() == pytest.approx((d ** 2).mean().item())
+    assert T.training_loss("mae")(a, b).item() == pytest.approx(d.mean().item())
+    huber = torch.where(d < 1, 0.5 * d ** 2, d - 0.5).mean()
+    assert T.training_loss("huber")(a, b).item() == pytest.approx(huber.item())
+    with pytest.raises(T.ConfigError, match="unknown loss"):
+        T.fit(_model(prep), prep, _cfg(loss="l3"))
+    # one step per epoch: the logged train loss is the L1 distance between the training forward pass and the
+    # targets of that step, captured independently of the loop
+    seen = {}
+    real_gather = T.gather_windows
+
+    def gather(*a, **k):
+        x, y = real_gather(*a, **k)
+        if m.training:  # the validation pass gathers too
+            seen["y"] = y.clone()
+        return x, y
+
+    m = _model(prep)
+    monkeypatch.setattr(T, "gather_windows", gather)
+    m.register_forward_hook(lambda mod, i, o: seen.__setitem__("out", o.detach().clone()) if mod.training else None)
+    r = T.fit(m, prep, _cfg(epochs=1, batch_size=64, epoch_windows=64, loss="mae"))
+    assert r.history[0]["train_loss"] == pytest.approx((seen["out"] - seen["y"]).abs().mean().item(), rel=1e-5)
+    assert r.history[0]["train_loss"] != pytest.approx(((seen["out"] - seen["y"]) ** 2).mean().item(), rel=1e-3)

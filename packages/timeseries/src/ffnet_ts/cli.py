@@ -185,7 +185,7 @@ def cmd_forecast(args) -> int:
             cfg = T.TrainConfig(
                 epochs=cap, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
                 lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=args.seed, device=str(device),
-                amp=not args.no_amp, progress=not args.no_progress, time_budget=share)
+                loss=args.loss, amp=not args.no_amp, progress=not args.no_progress, time_budget=share)
             margs = _model_args(args, args.model, prep, d)
             model = create_model(args.model, **margs)
             meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(prep)}
@@ -205,7 +205,8 @@ def cmd_forecast(args) -> int:
             "epochs_run": res.epochs_run, "stopped_early": res.stopped_early, "stop_reason": res.stop_reason,
             "best_val_mse": res.best_val_mse,
             "train_config": {k: getattr(cfg, k) for k in ("epochs", "patience", "batch_size", "lr", "lr_schedule",
-                                                          "seed", "time_budget", "epoch_windows", "val_stride")},
+                                                          "loss", "seed", "time_budget", "epoch_windows",
+                                                          "val_stride")},
             "model_args": margs,
         }
         if ref is not None:
@@ -274,7 +275,7 @@ def _tune_horizon(args, prep, out: Path, h: int, share: float, cap: int, device)
         return create_model(args.model, **margs), margs
 
     base_cfg = T.TrainConfig(epochs=cap, patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed,
-                             device=str(device), amp=not args.no_amp, progress=False)
+                             device=str(device), loss=args.loss, amp=not args.no_amp, progress=False)
     return TU.tune(TU.search_view(prep), build, base, base_cfg, budget_s=share, out_dir=tdir,
                    model_name=args.model, data_meta=_data_meta(prep), space=space, seed=args.seed,
                    max_epochs=cap, resume=resume)
@@ -454,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=None, help=f"base learning rate (default {DEFAULT_LR:g})")
     f.add_argument("--lr-schedule", default=DEFAULT_SCHEDULE, choices=LR_SCHEDULES,
                    help="'official' reproduces the reference's executed schedule incl. its epoch-1 lr/25 quirk")
+    f.add_argument("--loss", default="mse", choices=("mse", "mae", "huber"),  # == train.LOSSES
+                   help="training loss (default mse, the reference's); validation, early stopping and the "
+                        "reported metrics are MSE / MAE whatever is chosen")
     f.add_argument("--dropout", type=float, default=None, help="channel-mixer dropout (default: per dataset)")
     f.add_argument("--seed", type=int, default=2021)
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

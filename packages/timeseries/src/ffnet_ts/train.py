@@ -33,6 +33,10 @@ LR schedules (``lr_schedule``; epochs are 1-based below):
 * ``type1``: lr * 0.5^(e-1) (DLinear's reference schedule).
 * ``onecycle``: per-step one-cycle (warm-up 30 %, from lr/25, cosine down to lr/25e4), PatchTST's ``TST``.
 * ``cosine``: per-step cosine from lr to 0 over ``epochs``; ``constant``.
+
+Training losses (``loss``): ``mse`` (the reference), ``mae`` (L1) and ``huber`` (smooth L1, delta 1, in
+standardized units). Validation, early stopping and every reported metric stay MSE / MAE whatever the
+training loss.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from torch import nn
 from .data import Prepared, gather_windows
 
 LR_SCHEDULES = ("official", "type3", "type1", "onecycle", "cosine", "constant")
+LOSSES = ("mse", "mae", "huber")
 CHECKPOINT_FORMAT = "ffnet-ts/1"
 
 
@@ -78,6 +83,18 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training + validation; None: epochs only
     epoch_windows: int | None = None  # training windows per epoch; None: every window
     val_stride: int = 1  # score every k-th validation window (the tuner's cheap validation); 1: all
+    loss: str = "mse"  # training loss: mse | mae | huber (validation and metrics are always MSE / MAE)
+
+
+def training_loss(name: str):
+    """The training criterion for ``TrainConfig.loss`` (mean over every element)."""
+    if name == "mse":
+        return F.mse_loss
+    if name == "mae":
+        return F.l1_loss
+    if name == "huber":
+        return F.smooth_l1_loss
+    raise ConfigError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,6 +306,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
 
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"unknown lr schedule {cfg.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+    loss_fn = training_loss(cfg.loss)
     info, device = setup_distributed(cfg.device)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     meta = dict(meta or {})
@@ -377,7 +395,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
             x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
             with _autocast(device, amp):
                 out = model(x)
-            loss = F.mse_loss(out.float()[..., out_idx], y[..., out_idx])
+            loss = loss_fn(out.float()[..., out_idx], y[..., out_idx])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
