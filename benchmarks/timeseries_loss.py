@@ -102,8 +102,6 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "ffnet" / "timeseries_loss")
     ap.add_argument("--collect-only", action="store_true", help="only tabulate runs that already finished")
     args = ap.parse_args(argv)
-    if not os.environ.get("FFNET_DATA_DIR"):
-        print("note: FFNET_DATA_DIR is not set; the CLI will download ETTh1 into its cache", file=sys.stderr)
     rows, targets = [], etth1_test_targets()
     for loss in args.losses:
         for seed in args.seeds:

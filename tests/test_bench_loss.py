@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,6 @@ def test_pandas_targets_match_the_protocol(bench, data_dir):
     targets = bench.etth1_test_targets()
     prep = D.prepare(D.load("ETTh1"), 96, 96)
     assert targets.shape == (2785, 96, 7) == (prep.windows("test"), 96, prep.n_vars)
-    import torch
-
     s, _ = prep.borders["test"]
     _, y = D.gather_windows(prep.data, s, torch.arange(prep.windows("test")), 96, 96)
     np.testing.assert_allclose(targets, y.numpy(), atol=2e-6)

@@ -408,7 +408,7 @@ def cmd_datasets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import LR_SCHEDULES
+    from .train import LOSSES, LR_SCHEDULES
 
     p = argparse.ArgumentParser(prog="ffnet-ts", description="FFNet-TS long-horizon forecasting (standard protocol).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=None, help=f"base learning rate (default {DEFAULT_LR:g})")
     f.add_argument("--lr-schedule", default=DEFAULT_SCHEDULE, choices=LR_SCHEDULES,
                    help="'official' reproduces the reference's executed schedule incl. its epoch-1 lr/25 quirk")
-    f.add_argument("--loss", default="mse", choices=("mse", "mae", "huber"),  # == train.LOSSES
+    f.add_argument("--loss", default="mse", choices=LOSSES,
                    help="training loss (default mse, the reference's); validation, early stopping and the "
                         "reported metrics are MSE / MAE whatever is chosen")
     f.add_argument("--dropout", type=float, default=None, help="channel-mixer dropout (default: per dataset)")

@@ -59,7 +59,8 @@ from torch import nn
 from .data import Prepared, gather_windows
 
 LR_SCHEDULES = ("official", "type3", "type1", "onecycle", "cosine", "constant")
-LOSSES = ("mse", "mae", "huber")
+_LOSS_FNS = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
+LOSSES = tuple(_LOSS_FNS)
 CHECKPOINT_FORMAT = "ffnet-ts/1"
 
 
@@ -88,12 +89,8 @@ class TrainConfig:
 
 def training_loss(name: str):
     """The training criterion for ``TrainConfig.loss`` (mean over every element)."""
-    if name == "mse":
-        return F.mse_loss
-    if name == "mae":
-        return F.l1_loss
-    if name == "huber":
-        return F.smooth_l1_loss
+    if name in _LOSS_FNS:
+        return _LOSS_FNS[name]
     raise ConfigError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
 
 
