@@ -102,16 +102,24 @@ def _step_flops(net, x, y) -> int:
     return fc.get_total_flops()
 
 
-def _profile_top_ops(net, opt, x, y, steps: int = 3, top: int = 12) -> list[dict]:
+def _train_step(net, opt, x, y, bf16: bool = False) -> None:
+    """One training step (forward, MSE, backward, Adam); ``bf16``: the forward under CPU bf16 autocast, as
+    ``ffnet-ts forecast --precision bf16`` trains."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = net(x)
+    loss = torch.nn.functional.mse_loss(out.float(), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def _profile_top_ops(net, opt, x, y, steps: int = 3, top: int = 12, bf16: bool = False) -> list[dict]:
     """torch.profiler self-CPU time per op over ``steps`` training steps (ms per step)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            loss = torch.nn.functional.mse_loss(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _train_step(net, opt, x, y, bf16)
     ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ev) or 1
     return [{"op": e.key, "ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 1),
@@ -140,21 +148,30 @@ def _speed_recipe(name: str) -> tuple[str, dict]:
     raise SystemExit(f"--speed: unknown model {name!r} (known: {', '.join([*RECIPES, *REFERENCE_SPEED_ROWS])})")
 
 
-def speed(models: list[str], rounds: int, batch: int = 128, compile_ffnet: bool = False) -> dict:
+def speed(models: list[str], rounds: int, batch: int = 128, compile_ffnet: bool = False, bf16: bool = False) -> dict:
     """Median training-step time (forward + backward + Adam) per model, rounds interleaved across models so
     that a change in machine load hits every model alike. ETTh1 shapes: lookback 96, horizon 96, 7 variables.
 
     Beside the models, every round also times a 1024^3 fp32 matmul: the machine's sustained GEMM rate at this
     thread count in the same conditions, which turns each model's FLOPs into a lower bound on its step time.
+    ``bf16``: every model also gets a "<model> (bf16)" row trained under CPU bf16 autocast (and the rounds
+    time a bf16 matmul too). Like ``ffnet-ts forecast``, the process keeps freed memory mapped
+    (:func:`ffnet_ts.accel.keep_freed_memory`), which speeds every model alike.
     """
-    nets, opts = {}, {}
+    from ffnet_ts.accel import keep_freed_memory
+
+    malloc_tuned = keep_freed_memory()
+    nets, opts, is_bf16 = {}, {}, {}
     for m in models:
         arch, model_args = _speed_recipe(m)
-        torch.manual_seed(0)
-        nets[m] = create_model(arch, n_vars=7, lookback=96, horizon=96, **model_args).train()
-        opts[m] = torch.optim.Adam(nets[m].parameters(), lr=1e-4)
+        for name in ([m, f"{m} (bf16)"] if bf16 else [m]):
+            torch.manual_seed(0)
+            nets[name] = create_model(arch, n_vars=7, lookback=96, horizon=96, **model_args).train()
+            opts[name] = torch.optim.Adam(nets[name].parameters(), lr=1e-4)
+            is_bf16[name] = name.endswith("(bf16)")
     x, y = torch.randn(batch, 96, 7), torch.randn(batch, 96, 7)
     flops = {m: _step_flops(nets[m], x, y) for m in models}
+    flops.update({f"{m} (bf16)": flops[m] for m in models if bf16})
     compile_seconds = None
     if compile_ffnet and "ffnet_ts" in models:
         from ffnet_ts.accel import maybe_compile
@@ -166,41 +183,50 @@ def speed(models: list[str], rounds: int, batch: int = 128, compile_ffnet: bool 
         torch.nn.functional.mse_loss(nets["ffnet_ts (torch.compile)"](x), y).backward()  # compiles here
         compile_seconds = round(time.perf_counter() - t0, 1)
         flops["ffnet_ts (torch.compile)"] = flops["ffnet_ts"]
+        is_bf16["ffnet_ts (torch.compile)"] = False
     a = torch.randn(1024, 1024)
+    a16 = a.bfloat16()
     names = list(nets)
     times = {m: [] for m in names}
-    gemm = []
+    gemm, gemm16 = [], []
     for r in range(rounds + 2):
         for m in names:
             t0 = time.perf_counter()
-            loss = torch.nn.functional.mse_loss(nets[m](x), y)
-            opts[m].zero_grad()
-            loss.backward()
-            opts[m].step()
+            _train_step(nets[m], opts[m], x, y, is_bf16[m])
             if r >= 2:  # warm-up rounds
                 times[m].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        a @ a
-        if r >= 2:
-            gemm.append(time.perf_counter() - t0)
+        for mat, acc in ((a, gemm), (a16, gemm16)) if bf16 else ((a, gemm),):
+            t0 = time.perf_counter()
+            mat @ mat
+            if r >= 2:
+                acc.append(time.perf_counter() - t0)
     gemm_gflops = 2 * 1024**3 / sorted(gemm)[len(gemm) // 2] / 1e9
+    gemm16_gflops = 2 * 1024**3 / sorted(gemm16)[len(gemm16) // 2] / 1e9 if bf16 else None
     rows = []
     for m in names:
         ts = sorted(times[m])
         med = ts[len(ts) // 2]
-        rows.append({"model": m, "batch": batch, "median_step_ms": round(1000 * med, 1),
+        rate = gemm16_gflops if is_bf16[m] else gemm_gflops
+        rows.append({"model": m, "precision": "bf16" if is_bf16[m] else "fp32", "batch": batch,
+                     "median_step_ms": round(1000 * med, 1),
                      "min_step_ms": round(1000 * ts[0], 1), "params": sum(p.numel() for p in nets[m].parameters()),
                      "gflop_per_step": round(flops[m] / 1e9, 3), "achieved_gflops": round(flops[m] / med / 1e9, 1),
-                     "gemm_floor_ms": round(1000 * flops[m] / 1e9 / gemm_gflops, 1),
+                     "gemm_floor_ms": round(1000 * flops[m] / 1e9 / rate, 1),
                      "steps_per_etth1_epoch": 8449 // batch})
     profile = _profile_top_ops(nets["ffnet_ts"], opts["ffnet_ts"], x, y) if "ffnet_ts" in nets else []
-    return {"rows": rows, "gemm_gflops_1024": round(gemm_gflops, 1), "compile_seconds": compile_seconds,
-            "ffnet_ts_profile": profile}
+    profile16 = (_profile_top_ops(nets["ffnet_ts (bf16)"], opts["ffnet_ts (bf16)"], x, y, bf16=True)
+                 if bf16 and "ffnet_ts" in models else [])
+    return {"rows": rows, "gemm_gflops_1024": round(gemm_gflops, 1),
+            "gemm_gflops_1024_bf16": round(gemm16_gflops, 1) if bf16 else None, "compile_seconds": compile_seconds,
+            "malloc_keep_freed": malloc_tuned, "ffnet_ts_profile": profile, "ffnet_ts_bf16_profile": profile16}
 
 
 def speed_markdown(res: dict, threads: int) -> str:
+    bf16_rate = (f", bf16 {res['gemm_gflops_1024_bf16']} GFLOP/s (the bf16 rows' floor)"
+                 if res.get("gemm_gflops_1024_bf16") else "")
     lines = [f"Training step, batch 128, ETTh1 shapes (L=96, H=96, M=7), {threads} thread(s), median of interleaved "
-             f"rounds; sustained fp32 GEMM rate in the same run: {res['gemm_gflops_1024']} GFLOP/s (1024^3 matmul)",
+             f"rounds; sustained fp32 GEMM rate in the same run: {res['gemm_gflops_1024']} GFLOP/s (1024^3 matmul)"
+             + bf16_rate,
              "", "| model | params | GFLOP / step | median ms | achieved GFLOP/s | GEMM floor ms | vs patchtst |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     ref = next((r["median_step_ms"] for r in res["rows"] if r["model"] == "patchtst"), None)
@@ -210,12 +236,26 @@ def speed_markdown(res: dict, threads: int) -> str:
                      f"{r['achieved_gflops']:.1f} | {r['gemm_floor_ms']:.1f} | {ratio} |")
     if res.get("compile_seconds") is not None:
         lines.append(f"\ntorch.compile (inductor, CPU) compile time: {res['compile_seconds']} s")
-    if res.get("ffnet_ts_profile"):
-        lines += ["", "FFNet-TS top ops (torch.profiler, self CPU time per training step):", "",
-                  "| op | ms / step | share | calls / step |", "|---|---:|---:|---:|"]
-        lines += [f"| {p['op']} | {p['ms_per_step']} | {100 * p['share']:.1f}% | {p['calls_per_step']} |"
-                  for p in res["ffnet_ts_profile"]]
+    for key, what in (("ffnet_ts_profile", "FFNet-TS"), ("ffnet_ts_bf16_profile", "FFNet-TS (bf16 autocast)")):
+        if res.get(key):
+            lines += ["", f"{what} top ops (torch.profiler, self CPU time per training step):", "",
+                      "| op | ms / step | share | calls / step |", "|---|---:|---:|---:|"]
+            lines += [f"| {p['op']} | {p['ms_per_step']} | {100 * p['share']:.1f}% | {p['calls_per_step']} |"
+                      for p in res[key]]
     return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo) and whether it has native bf16: speed tables depend on both."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    from ffnet_ts.accel import cpu_bf16_native
+
+    return f"{name} ({'native bf16' if cpu_bf16_native() else 'no native bf16'})"
 
 
 def _write(path: Path, payload: dict) -> None:
@@ -264,16 +304,23 @@ def main(argv=None) -> int:
     p.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
                    help="only measure interleaved training-step times (ETTh1 shapes, batch 128) for ROUNDS rounds")
     p.add_argument("--compile", action="store_true", help="--speed: also time FFNet-TS under torch.compile")
+    p.add_argument("--bf16", action="store_true",
+                   help="--speed: also time every model under CPU bf16 autocast (needs AMX-BF16 / AVX512-BF16)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     env = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "command": " ".join(sys.argv)}
+           "cpu": _cpu_model(), "command": " ".join(sys.argv)}
     started = time.time()
 
     if args.speed:
-        res = speed(args.models, args.speed, compile_ffnet=args.compile)
+        if args.bf16:
+            from ffnet_ts.accel import cpu_bf16_native
+
+            if not cpu_bf16_native():
+                raise SystemExit("--bf16: this CPU has no native bf16 (AMX-BF16 / AVX512-BF16); bf16 would be emulated")
+        res = speed(args.models, args.speed, compile_ffnet=args.compile, bf16=args.bf16)
         table = speed_markdown(res, torch.get_num_threads())
         print(table, flush=True)
         out = Path(args.out or RESULTS / f"timeseries_speed_{torch.get_num_threads()}threads.json")

@@ -139,6 +139,22 @@ def test_loss_option_reaches_training_and_metrics(tmp_path):
     assert e.value.code == 2 and not (tmp_path / "bad").exists()
 
 
+def test_precision_option_reaches_training_and_refuses_emulated_bf16(tmp_path, monkeypatch, capsys):
+    from ffnet_ts import accel
+
+    csv = _synthetic_csv(tmp_path / "syn.csv", rows=200)
+    argv = ["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", "24", "--horizon", "12",
+            "--epochs", "1", "--precision", "bf16", "--no-progress"]
+    monkeypatch.setattr(accel, "cpu_bf16_native", lambda: False)
+    assert cli.main([*argv, "--out", str(tmp_path / "bad")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "native bf16" in err[0] and not (tmp_path / "bad").exists()
+    monkeypatch.setattr(accel, "cpu_bf16_native", lambda: True)
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())["horizons"]["12"]
+    assert m["train_config"]["precision"] == "bf16"
+
+
 @pytest.mark.parametrize("argv, budget", [
     ([], (cli.DEFAULT_MAX_EPOCHS, cli.DEFAULT_TIME_BUDGET * 60)),
     (["--epochs", "100"], (100, None)),  # a fixed recipe runs in full

@@ -257,7 +257,7 @@ def test_ffnet_ts_rejects_too_short_lookback():
         FFNetTS(n_vars=1, lookback=1, horizon=4, patch_size=4, patch_stride=4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("channel_major", [False, True])
 def test_fast_dropout_fused_kernel_equals_stock_mask_multiply(dtype, channel_major):
     """The fused (numba) dropout == x * (bytes >= drop) * scale with the same bytes, forward and backward."""
@@ -279,6 +279,43 @@ def test_fast_dropout_fused_kernel_equals_stock_mask_multiply(dtype, channel_maj
     assert torch.equal(y, x.detach() * mask)
     assert torch.equal(x.grad, g * mask)
     assert fastconv.is_channel_major(y) == channel_major
+
+
+def test_bf16_dropout_kernel_rounds_like_aten_including_specials():
+    """The bf16 kernel (fp32 widening by bitcast, round to nearest even) == ATen's bf16 ``x * mask`` bit for bit
+    on every finite value, for every quantized drop level; NaN / inf stay NaN / inf where ATen's do."""
+    assert fastconv._numba_dropout_bf16(), "the bf16 dropout kernel did not compile"
+    torch.manual_seed(0)
+    x = (torch.randn(40, 33, 17) * torch.logspace(-30, 30, 17)).bfloat16()  # spans exponents: rounding carries
+    x.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]).bfloat16()
+    u8 = torch.randint(0, 256, x.shape, dtype=torch.uint8)
+    for drop in (1, 38, 77, 179, 255):
+        scale = 256.0 / (256 - drop)
+        ref = x * (u8 >= drop).to(torch.bfloat16).mul_(scale)
+        out = fastconv._masked_scale(x, u8, drop, scale)
+        fin = ref.isfinite()
+        assert torch.equal(out[fin].view(torch.int16), ref[fin].view(torch.int16)), drop
+        assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layout_gelu_and_residual_add_on_channel_major_equal_the_standard_layout(dtype):
+    """On channel-major input, GELU (forward and backward) and the residual add give exactly what the stock ops
+    give on the same values in the standard layout (the layout the stock model runs in), and keep the layout."""
+    torch.manual_seed(0)
+    x = (torch.randn(16, 30, 48) * 3).to(dtype)
+    g = torch.randn(16, 30, 48).to(dtype)
+    xs = x.clone().requires_grad_(True)
+    ref = F.gelu(xs)
+    ref.backward(g)
+    xc = fastconv.to_channel_major(x).requires_grad_(True)
+    out = fastconv.LayoutGELU()(xc)
+    out.backward(fastconv.to_channel_major(g))
+    assert fastconv.is_channel_major(out) and fastconv.is_channel_major(xc.grad)
+    assert torch.equal(out, ref) and torch.equal(xc.grad, xs.grad)
+    b = torch.randn(16, 30, 48).to(dtype)
+    s = fastconv.residual_add(xc.detach(), fastconv.to_channel_major(b))
+    assert fastconv.is_channel_major(s) and torch.equal(s, x + b)
 
 
 def test_linear_base_variant_starts_at_the_closed_form_forecast_and_learns_the_residual():

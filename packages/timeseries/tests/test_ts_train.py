@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from ffnet_ts import data as D
@@ -225,3 +227,21 @@ def test_training_loss_is_the_configured_criterion(prep, monkeypatch):
     r = T.fit(m, prep, _cfg(epochs=1, batch_size=64, epoch_windows=64, loss="mae"))
     assert r.history[0]["train_loss"] == pytest.approx((seen["out"] - seen["y"]).abs().mean().item(), rel=1e-5)
     assert r.history[0]["train_loss"] != pytest.approx(((seen["out"] - seen["y"]) ** 2).mean().item(), rel=1e-3)
+
+
+def test_cpu_bf16_precision_trains_under_autocast_and_evaluates_in_fp32(prep, monkeypatch):
+    from ffnet_ts import accel
+
+    with pytest.raises(T.ConfigError, match="unknown precision"):
+        T.fit(_model(prep), prep, _cfg(precision="fp16"))
+    monkeypatch.setattr(accel, "cpu_bf16_native", lambda: False)
+    with pytest.raises(T.ConfigError, match="native bf16"):
+        T.fit(_model(prep), prep, _cfg(precision="bf16"))
+    # the path itself runs on any CPU (emulated bf16 is only slow); the dtypes show where autocast is on
+    monkeypatch.setattr(accel, "cpu_bf16_native", lambda: True)
+    m = _model(prep)
+    dtypes = {"train": set(), "eval": set()}
+    m.head.register_forward_hook(lambda mod, i, o: dtypes["train" if mod.training else "eval"].add(o.dtype))
+    r = T.fit(m, prep, _cfg(epochs=1, batch_size=64, epoch_windows=64, precision="bf16"))
+    assert dtypes["train"] == {torch.bfloat16} and dtypes["eval"] == {torch.float32}
+    assert math.isfinite(r.best_val_mse) and all(p.dtype == torch.float32 for p in m.parameters())

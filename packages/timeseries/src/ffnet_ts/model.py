@@ -40,6 +40,7 @@ from .fastconv import (
     FastDropout,
     channel_major_grad,
     is_channel_major,
+    residual_add,
     swap_channel_groups,
     to_channel_major,
 )
@@ -208,9 +209,8 @@ class FFNetTSBlock(nn.Module):
                                            inference_mode=inference_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.token_mixer(x)
-        x = x + self.channel_mixer(x)
-        return x
+        x = residual_add(x, self.token_mixer(x))
+        return residual_add(x, self.channel_mixer(x))
 
 
 class PatchStem(nn.Module):

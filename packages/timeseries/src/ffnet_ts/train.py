@@ -85,6 +85,7 @@ class TrainConfig:
     epoch_windows: int | None = None  # training windows per epoch; None: every window
     val_stride: int = 1  # score every k-th validation window (the tuner's cheap validation); 1: all
     loss: str = "mse"  # training loss: mse | mae | huber (validation and metrics are always MSE / MAE)
+    precision: str = "fp32"  # CPU training steps: fp32 | bf16 (autocast; needs native bf16, see accel)
 
 
 def training_loss(name: str):
@@ -180,7 +181,25 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> floa
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _autocast(device: torch.device, enabled: bool):
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision this device cannot run well (bf16 on a CPU without native bf16 is emulated)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cpu":
+        from .accel import cpu_bf16_native
+
+        if not cpu_bf16_native():
+            raise ConfigError("--precision bf16 needs a CPU with native bf16 (AMX-BF16 or AVX512-BF16); this "
+                              "one has neither, so bf16 would be emulated and far slower than fp32")
+
+
+def _autocast(device: torch.device, enabled: bool, precision: str = "fp32"):
+    """CUDA: bf16 (or fp16) autocast when ``enabled``. CPU: bf16 autocast when ``precision`` is bf16."""
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     if device.type != "cuda" or not enabled:
         return nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -322,6 +341,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp = cfg.amp and device.type == "cuda"
+    check_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
 
     start_epoch, best_val, best_epoch, bad, history, seconds = 0, math.inf, 0, 0, [], 0.0
@@ -390,7 +410,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
                 group["lr"] = lr
             idx = perm[step * per_rank:(step + 1) * per_rank]
             x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
-            with _autocast(device, amp):
+            with _autocast(device, amp, cfg.precision):
                 out = model(x)
             loss = loss_fn(out.float()[..., out_idx], y[..., out_idx])
             opt.zero_grad(set_to_none=True)
