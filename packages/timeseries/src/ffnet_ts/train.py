@@ -1,7 +1,8 @@
 """One readable training loop for the forecasters (nanoGPT style).
 
-* Device: ``auto`` picks cuda, then mps, then cpu; ``--device`` overrides. Autocast (bf16, or fp16 with a
-  grad scaler) only on CUDA.
+* Device: ``auto`` picks cuda, then mps, then cpu; ``--device`` overrides. Autocast: on CUDA bf16, or fp16
+  with a grad scaler; on CPU bf16 for the training steps when ``precision="bf16"`` (native-bf16 CPUs only),
+  with evaluation in fp32.
 * DDP: launched with ``torchrun`` (``WORLD_SIZE > 1``) every rank trains on its shard of each epoch's
   permutation (global batch = ``batch_size``), gradients are averaged by DDP (nccl on CUDA, gloo on CPU), BN
   running statistics are broadcast from rank 0 after each epoch, and every rank scores the full validation
