@@ -1,4 +1,5 @@
-"""Optional ``torch.compile`` for the forecasters, with a safe fallback to eager.
+"""CPU acceleration helpers: optional ``torch.compile`` with a safe fallback to eager, native-bf16 detection
+(for ``--precision bf16``) and glibc's handling of freed activation buffers.
 
 Inductor compiles CPU graphs to C++, so it needs a working C++ compiler. Without one (or when compilation
 fails for any other reason) the model runs eagerly and one warning says why; training never fails because
@@ -120,9 +121,10 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed activation buffers for reuse instead of returning them to the kernel.
 
     By default glibc serves every allocation above 128 KiB-32 MiB (adaptive) with a fresh ``mmap`` and gives
-    it back on free, so each training step page-faults its activations in again: on the 2-core VMs this
-    project runs on that cost about a fifth of the FFNet-TS step (417 -> 344 ms at 1 thread; PatchTST
-    260 -> 209 ms; ``benchmarks/timeseries_ett.py --speed``). Setting the mmap threshold to its 32 MiB maximum
+    it back on free, so each training step page-faults its activations in again: a batch-128 FFNet-TS step
+    took 13,000-16,000 minor faults, about 2,000 with this setting (measured on an Intel Xeon VM, 2026-12-01;
+    single runs there put the step 10-20 % faster, within that VM's run-to-run drift, so no figure is
+    claimed). Setting the mmap threshold to its 32 MiB maximum
     and disabling heap trimming (what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do) keeps those
     pages mapped. Results are unchanged; the process keeps its peak heap. No-op off glibc. Returns whether it
     applied.
