@@ -15,7 +15,8 @@ So on CPU the model keeps its activations *channel-major*: a logical (B, C, N) t
 * :class:`FastDropout`: the keep-mask comes from random *bytes* (8 per 64-bit draw), so the drop probability
   is quantized to multiples of 1/256 (0.7 -> 179/256 = 0.6992); the kept values are rescaled exactly. The
   mask is applied in one fused numba pass forward and backward and saved as bytes (torch's ``x * mask`` needed
-  a compare, a bool -> float cast that ATen runs unvectorized, a scale and a multiply: ~3x slower).
+  a compare, a bool -> float cast that ATen runs unvectorized, a scale and a multiply: ~3x slower). bf16
+  input (CPU bf16 autocast) has its own kernel with the same mask and ATen's bf16 rounding.
 * :class:`LayoutGELU` and :func:`residual_add`: elementwise ops on the contiguous (C, B, N) view (ATen's
   kernels walk the permuted layout up to 2.5x slower).
 * :func:`channel_major_grad`: the flatten head consumes the block batch-major; this identity hands the
@@ -37,8 +38,8 @@ from ffnet.layers import DenseBackend
 from torch import nn
 
 __all__ = ["SequenceBackend", "SEQUENCE_BACKEND", "ToeplitzDWConv1d", "PointwiseConv1d", "LayoutBatchNorm1d",
-           "FastDropout", "LayoutGELU", "residual_add", "stock_ops", "is_channel_major", "to_channel_major", "swap_channel_groups",
-           "channel_major_grad"]
+           "FastDropout", "LayoutGELU", "residual_add", "stock_ops", "is_channel_major", "to_channel_major",
+           "swap_channel_groups", "channel_major_grad"]
 
 
 _ENABLED = True
