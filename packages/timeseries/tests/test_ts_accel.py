@@ -1,6 +1,7 @@
 """torch.compile is optional: without a C++ compiler, or when compilation fails, training runs eagerly; glibc
 keeps freed activations mapped."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -95,3 +96,38 @@ def test_keep_freed_memory_stops_the_training_step_from_page_faulting_its_activa
     default, kept = map(int, out.split()[-2:])
     assert default > 3000  # ~6,000 per step at batch 64 on the machines seen
     assert kept < default / 3
+
+
+_THP = """
+import resource
+import ffnet_ts  # before torch, as the ffnet-ts command does
+import os, torch
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+t = torch.empty(64 * 2**20 // 4); t.fill_(1.0)
+del t
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+t = torch.empty(64 * 2**20 // 4); t.fill_(1.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "unavailable"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "unavailable"
+
+
+@pytest.mark.skipif(_thp_mode() not in ("madvise", "always"), reason="the kernel's transparent huge pages are off")
+def test_import_before_torch_enables_huge_page_allocation_for_large_tensors():
+    """A 64 MiB tensor (above glibc's 32 MiB mmap cap, so mmapped afresh each time) faults in 16,384 4-KiB pages
+    without huge pages; with torch's THP allocation it takes a few dozen 2-MiB faults. A user's own setting wins."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", _THP], check=True, capture_output=True, text=True, env=env).stdout
+    flag, faults = out.split()[-2:]
+    assert flag == "1" and int(faults) < 2000
+    env["THP_MEM_ALLOC_ENABLE"] = "0"
+    out = subprocess.run([sys.executable, "-c", _THP], check=True, capture_output=True, text=True, env=env).stdout
+    flag, faults = out.split()[-2:]
+    assert flag == "0" and int(faults) > 10000

@@ -9,6 +9,16 @@
     print(train.evaluate(model, prep, "test"))       # every test window (2785 for ETTh1 H=96)
 
 gluonts users: ``from ffnet_ts.gluonts import FFNetEstimator`` (imports gluonts/Lightning lazily).
+
+Importing ``ffnet_ts`` before ``torch`` (as the ``ffnet-ts`` command does) turns on torch's transparent-huge-page
+allocation for large CPU tensors (``THP_MEM_ALLOC_ENABLE=1``, unless the variable is already set): see
+:func:`ffnet_ts.accel.keep_freed_memory` for why.
 """
+
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:  # torch reads the variable once, at its first allocation
+    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"
