@@ -405,7 +405,11 @@ def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS) 
               f"({'estimate ' + _duration(est) + ' at most' if est else 'not yet measured'}; {len(todo)} cells left)",
               flush=True)
         t0 = time.perf_counter()
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        # THP: the recipes' 512-2048 batches make activations far above glibc's 32 MiB mmap cap; on huge pages
+        # a batch-512 fp32 FFNet-TS step takes 2.0 instead of 3.0 s (ffnet_ts.accel.keep_freed_memory). Cells
+        # finished before 2026-12-01 ran without it: their train_seconds are not comparable with later ones.
+        env = {"THP_MEM_ALLOC_ENABLE": "1", **os.environ, "OMP_NUM_THREADS": str(threads),
+               "MKL_NUM_THREADS": str(threads)}
         rc = subprocess.run([sys.executable, __file__, "--cell", ds, str(h), m, "--threads", str(threads)],
                             env=env).returncode
         if rc != 0:
