@@ -215,6 +215,7 @@ def run_cell(ds: str, h: int, model: str, *, out_dir: Path, epochs: int | None =
         "history": res.history,
         "env": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                 "loadavg_start": round(load_start, 2), "loadavg_end": round(os.getloadavg()[0], 2),
                 "git": _git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 "command": " ".join(sys.argv)},
