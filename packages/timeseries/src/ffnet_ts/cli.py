@@ -139,7 +139,7 @@ def cmd_forecast(args) -> int:
     if device.type == "cpu":
         from .accel import keep_freed_memory
 
-        keep_freed_memory()  # same results; ~20 % faster steps on VMs where page faults are expensive
+        keep_freed_memory()  # same results; activations stop page-faulting in on every step (see accel)
 
     series = D.load(args.data, target=args.target, irregular_ok=args.allow_irregular)
     reg = series.info
