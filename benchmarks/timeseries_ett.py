@@ -316,10 +316,10 @@ def main(argv=None) -> int:
 
     if args.speed:
         if args.bf16:
-            from ffnet_ts.accel import cpu_bf16_native
-
-            if not cpu_bf16_native():
-                raise SystemExit("--bf16: this CPU has no native bf16 (AMX-BF16 / AVX512-BF16); bf16 would be emulated")
+            try:  # the CLI's own check of --precision bf16
+                T.check_precision("bf16", torch.device("cpu"))
+            except T.ConfigError as e:
+                raise SystemExit(f"--bf16: {e}") from None
         res = speed(args.models, args.speed, compile_ffnet=args.compile, bf16=args.bf16)
         table = speed_markdown(res, torch.get_num_threads())
         print(table, flush=True)
