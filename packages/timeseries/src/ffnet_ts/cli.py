@@ -77,7 +77,20 @@ def _data_meta(prep) -> dict:
             "features": prep.features, "lookback": prep.lookback, "horizon": prep.horizon, "split": s.split,
             "freq": s.freq, "mean": [float(v) for v in prep.mean], "std": [float(v) for v in prep.std],
             "scored_columns": [prep.columns[i] for i in prep.out_idx],
-            "irregular_ok": bool(s.info is not None and s.info.irregular_ok)}
+            "irregular_ok": bool(s.info is not None and s.info.irregular_ok),
+            "cycle": prep.cycle.to_json() if prep.cycle is not None else None}
+
+
+def _parse_cycle(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise UsageError(f"--cycle must be auto, off or a period of at least 2 rows (got {text!r})")
+    return n
 
 
 def _model_args(args, name: str, prep, defaults: dict) -> dict:
@@ -131,6 +144,7 @@ def cmd_forecast(args) -> int:
     if tuning and not args.model.startswith("ffnet_ts"):
         raise UsageError(f"--tune searches FFNet-TS settings; it does not apply to --model {args.model}")
     cap, budget_s = _budget(args)
+    cycle_mode = _parse_cycle(args.cycle)
     torch.set_num_threads(args.threads or _default_threads(torch.get_num_threads()))
     info, device = T.setup_distributed(args.device)  # validates --device before anything is read or written
     if tuning and info.world > 1:
@@ -146,6 +160,8 @@ def cmd_forecast(args) -> int:
     horizons = _parse_horizons(args.horizon, reg.horizons if reg else (96, 192, 336, 720))
     lookback = args.lookback or (reg.lookback if reg else 96)
     preps = {h: D.prepare(series, lookback, h, args.features) for h in horizons}  # all checks before any write
+    # the cycle decision reads train and validation only (a closed-form fit per horizon, about a second)
+    cycles = {h: R.choose_cycle(p, cycle_mode) for h, p in preps.items()}
     out = Path(args.out or Path("runs") / "ffnet-ts" / series.name)
     existing = _existing_outputs(out)
     if existing and not (args.force or args.resume):
@@ -173,14 +189,19 @@ def cmd_forecast(args) -> int:
     rows, searches = [], []
     spent = 0.0
     for i, h in enumerate(horizons):
-        prep = preps[h]
+        prep = preps[h]  # the standardized series: reference rows and every reported metric
+        cprep, cycle_rec = cycles[h]
+        tprep = cprep if cprep is not None else prep  # what the model sees: the series, or it minus the cycle
+        if info.master:
+            print(f"cycle (H={h}): " + (f"removing a {cycle_rec['period']}-row cycle" if cycle_rec["used"] else "none")
+                  + f" ({cycle_rec['reason']})", file=sys.stderr)
         # what is left of the budget, shared equally by the horizons still to run (an early stop passes its
         # unused time on to the longer horizons)
         share = None if budget_s is None else max(budget_s - spent, 1.0) / (len(horizons) - i)
         torch.manual_seed(args.seed)
         search = None
         if tuning:
-            search = _tune_horizon(args, prep, out, h, share, cap, device)
+            search = _tune_horizon(args, tprep, out, h, share, cap, device)
             model, margs, res, cfg = search.model, search.model_args, search.fit, search.train_config
             atomic_write_bytes(out / f"checkpoint_H{h}.pt",
                                (out / f"tune_H{h}" / f"cand{search.candidate:02d}_best.pt").read_bytes())
@@ -192,20 +213,24 @@ def cmd_forecast(args) -> int:
                 lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=args.seed, device=str(device),
                 loss=args.loss, precision=args.precision, amp=not args.no_amp, progress=not args.no_progress,
                 time_budget=share)
-            margs = _model_args(args, args.model, prep, d)
+            margs = _model_args(args, args.model, tprep, d)
             model = create_model(args.model, **margs)
-            meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(prep)}
+            meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(tprep)}
             resume = args.resume and (out / f"resume_H{h}.pt").is_file()
-            res = T.fit(model, prep, cfg, meta=meta, best_path=out / f"checkpoint_H{h}.pt",
+            res = T.fit(model, tprep, cfg, meta=meta, best_path=out / f"checkpoint_H{h}.pt",
                         last_path=out / f"resume_H{h}.pt", resume=resume, desc=f"{series.name} H={h}")
             spent += res.train_seconds
         # the test split is scored here, once, after training (and any search) has finished
-        test = T.evaluate(model, prep, "test", batch_size=cfg.eval_batch_size, device=device,
+        test = T.evaluate(model, tprep, "test", batch_size=cfg.eval_batch_size, device=device,
                           return_predictions=True)
-        ref = R.reference_metrics(prep, "test") if info.master else None
-        params = sum(p.numel() for p in model.parameters())
+        # what forecasts_H<h>.npz holds (the cycle added back, float32), scored against the standardized series
+        forecasts = D.add_cycle(tprep, "test", test["predictions"])
+        err = forecasts.astype(np.float64) - prep.targets("test")
+        test["mse"], test["mae"] = float(np.square(err).mean()), float(np.abs(err).mean())
+        ref = R.reference_metrics(prep, "test", cycle_prep=cprep) if info.master else None
+        params = sum(p.numel() for p in model.parameters()) + (cprep.cycle.table.size if cprep is not None else 0)
         entry = {
-            "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"],
+            "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"], "cycle": cycle_rec,
             "val_windows": prep.windows("val"), "train_windows": prep.windows("train"),
             "train_seconds": round(res.train_seconds, 2), "params": params, "best_epoch": res.best_epoch,
             "epochs_run": res.epochs_run, "stopped_early": res.stopped_early, "stop_reason": res.stop_reason,
@@ -230,13 +255,13 @@ def cmd_forecast(args) -> int:
             first = prep.borders["test"][0] + prep.lookback
             target_dates = series.dates[first:first + test["windows"]].asi8
             buf = io.BytesIO()  # standardized predictions (what the metrics score) + how to undo the scaling
-            np.savez_compressed(buf, predictions=test["predictions"].astype(np.float32), target_start_ns=target_dates,
+            np.savez_compressed(buf, predictions=forecasts, target_start_ns=target_dates,
                                 columns=np.array([prep.columns[i] for i in prep.out_idx]),
                                 mean=prep.mean[prep.out_idx], std=prep.std[prep.out_idx])
             atomic_write_bytes(out / f"forecasts_H{h}.npz", buf.getvalue())
             from .plot import plot_windows
 
-            plot_windows(out / f"forecast_H{h}.png", prep, test["predictions"],
+            plot_windows(out / f"forecast_H{h}.png", prep, forecasts,
                          title=f"{args.model} on {series.name}, L={lookback}, H={h}: test MSE {test['mse']:.3f}")
             atomic_write_bytes(metrics_path, (json.dumps(metrics, indent=2) + "\n").encode())
     if info.master:
@@ -304,6 +329,11 @@ def _forecast_table(model: str, rows: list) -> str:
             lines.append(f"| {h:7d} | linear (closed form, ridge alpha {li['ridge_alpha']:g}) | {li['mse']:.4f} | "
                          f"{li['mae']:.4f} | {li['skill_vs_naive']:+.3f} | {li['windows']} | - | {li['params']} | "
                          f"- | - |")
+            lc = ref.get("linear_cycle")
+            if lc:
+                lines.append(f"| {h:7d} | linear + {lc['period']}-row cycle (closed form, ridge alpha "
+                             f"{lc['ridge_alpha']:g}) | {lc['mse']:.4f} | {lc['mae']:.4f} | "
+                             f"{lc['skill_vs_naive']:+.3f} | {lc['windows']} | - | {lc['params']} | - | - |")
     return "\n".join(lines)
 
 
@@ -356,20 +386,29 @@ def cmd_predict(args) -> int:
         raise D.DataError(f"{args.data}: {len(series)} rows, but the model needs the last {L} (its lookback)")
     idx = [series.columns.index(c) for c in meta["columns"]]
     mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+    step = pd.Timedelta(int(np.median(np.diff(series.dates.asi8[-L:]))) if len(series) > 1 else 0)
+    if step <= pd.Timedelta(0):
+        raise D.DataError(f"{args.data}: cannot infer the time step from its last {L} timestamps")
+    dates = pd.date_range(series.dates[-1] + step, periods=H, freq=step)
+    cycle = D.Cycle.from_json(meta["cycle"]) if meta.get("cycle") else None
+    if cycle is not None and step.value != cycle.step_ns:
+        raise D.DataError(f"{args.data}: time step {step} differs from the training data's "
+                          f"{pd.Timedelta(cycle.step_ns)}, which the model's cycle is defined on")
     if run_onnx is not None:
-        y = run_onnx(series.values[-L:, idx])  # (H, C), raw units in and out
+        phase = None if cycle is None else int(cycle.phases(series.dates.asi8[len(series) - L]))
+        y = run_onnx(series.values[-L:, idx], phase)  # (H, C), raw units in and out
     else:
         x = (series.values[-L:, idx] - mean) / std
+        if cycle is not None:  # the model forecasts the series minus its train-split cycle
+            x = x - cycle.at(series.dates.asi8[-L:])
         model = create_model(ckpt["model"]["name"], **ckpt["model"]["args"])
         model.load_state_dict(ckpt["state_dict"])
         model.to(device).eval()
         with torch.no_grad():
             y = model(torch.from_numpy(x.astype(np.float32))[None].to(device))[0].float().cpu().numpy()  # (H, C)
+        if cycle is not None:
+            y = y + cycle.at(dates.asi8)
         y = y * std + mean
-    step = pd.Timedelta(int(np.median(np.diff(series.dates.asi8[-L:]))) if len(series) > 1 else 0)
-    if step <= pd.Timedelta(0):
-        raise D.DataError(f"{args.data}: cannot infer the time step from its last {L} timestamps")
-    dates = pd.date_range(series.dates[-1] + step, periods=H, freq=step)
     scored = meta.get("scored_columns", meta["columns"])
     frame = pd.DataFrame({c: y[:, meta["columns"].index(c)] for c in scored})
     frame.insert(0, "date", dates)
@@ -466,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training loss (default mse, the reference's); validation, early stopping and the "
                         "reported metrics are MSE / MAE whatever is chosen")
     f.add_argument("--dropout", type=float, default=None, help="channel-mixer dropout (default: per dataset)")
+    f.add_argument("--cycle", default="auto", metavar="auto|off|N",
+                   help="remove a per-variable cycle fitted on the train split before the model, add it back after "
+                        "(ours). auto (default): the daily cycle of the time step (hourly 24, 15 min 96, daily 7), "
+                        "kept only if it lowers the closed-form linear map's validation MSE; off: the paper's "
+                        "pipeline; N: a period of N rows")
     f.add_argument("--seed", type=int, default=2021)
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     f.add_argument("--threads", type=int, default=None,

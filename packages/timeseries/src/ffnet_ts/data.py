@@ -21,7 +21,7 @@ import os
 import sys
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -397,6 +397,7 @@ class Prepared:
     horizon: int
     features: str
     series: Series
+    cycle: Cycle | None = None  # set by ``remove_cycle``: ``data`` then holds the residual series
 
     @property
     def n_vars(self) -> int:
@@ -404,6 +405,13 @@ class Prepared:
 
     def windows(self, split: str) -> int:
         return num_windows(self.borders[split], self.lookback, self.horizon)
+
+    def targets(self, split: str) -> np.ndarray:
+        """(windows, horizon, scored columns) float32 standardized targets of every window of ``split``."""
+        a = self.borders[split][0] + self.lookback
+        n = self.windows(split)
+        rows = a + np.arange(n)[:, None] + np.arange(self.horizon)
+        return self.data.numpy()[rows][..., self.out_idx]
 
 
 def prepare(series: Series, lookback: int, horizon: int, features: str = "M") -> Prepared:
@@ -442,3 +450,108 @@ def gather_windows(data: torch.Tensor, start: int, idx: torch.Tensor, lookback: 
     x = data[base + torch.arange(lookback)]  # (B, L, C)
     y = data[base + lookback + torch.arange(horizon)]  # (B, H, C)
     return x, y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cycle removal (ours; closed-form relative of CycleNet's residual cycle forecasting)
+# ---------------------------------------------------------------------------------------------------------
+
+DAY_NS = 86_400 * 10**9
+
+
+def time_step_ns(dates: pd.DatetimeIndex) -> int | None:
+    """The series' time step: the median spacing of its timestamps (None for fewer than 2 rows)."""
+    if len(dates) < 2:
+        return None
+    step = int(np.median(np.diff(dates.asi8)))
+    return step if step > 0 else None
+
+
+def daily_period(step_ns: int | None) -> int | None:
+    """Rows per cycle for a series sampled every ``step_ns``: the day for a step that divides a day (hourly 24,
+    15 min 96, 10 min 144), the week (7) for daily data, None otherwise (weekly, monthly, odd steps)."""
+    if not step_ns or step_ns <= 0:
+        return None
+    if step_ns < DAY_NS and DAY_NS % step_ns == 0:
+        return DAY_NS // step_ns
+    if step_ns == DAY_NS:
+        return 7
+    return None
+
+
+@dataclass
+class Cycle:
+    """A per-variable cycle of ``period`` rows in the standardized space, fitted on the train rows only:
+    ``table[p, c]`` is the mean of variable ``c`` over the train rows of phase ``p``. The phase of a timestamp
+    ``t`` is ``((t - origin_ns) // step_ns) mod period``, so new data on the same time grid (``predict``) gets
+    the phases the model was trained with."""
+
+    period: int
+    table: np.ndarray  # (period, variables) float64
+    origin_ns: int
+    step_ns: int
+
+    def phases(self, dates_ns: np.ndarray) -> np.ndarray:
+        return ((np.asarray(dates_ns, dtype=np.int64) - self.origin_ns) // self.step_ns) % self.period
+
+    def at(self, dates_ns: np.ndarray) -> np.ndarray:
+        """(..., variables) cycle values at the timestamps ``dates_ns`` (any shape)."""
+        return self.table[self.phases(dates_ns)]
+
+    def to_json(self) -> dict:
+        return {"period": int(self.period), "table": self.table.tolist(), "origin_ns": int(self.origin_ns),
+                "step_ns": int(self.step_ns)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Cycle:
+        return cls(int(d["period"]), np.asarray(d["table"], dtype=np.float64), int(d["origin_ns"]),
+                   int(d["step_ns"]))
+
+
+def fit_cycle(prep: Prepared, period: int) -> Cycle:
+    """The train split's per-phase mean of every (standardized) variable.
+
+    Raises:
+        DataError: the train split does not contain every phase at least twice.
+    """
+    dates = prep.series.dates.asi8
+    step = time_step_ns(prep.series.dates)
+    if step is None:
+        raise DataError(f"series '{prep.series.name}' has no time step; a cycle needs regular timestamps")
+    a, b = prep.borders["train"]
+    cyc = Cycle(int(period), np.zeros((period, prep.n_vars)), int(dates[0]), step)
+    ph = cyc.phases(dates[a:b])
+    counts = np.bincount(ph, minlength=period)
+    if counts.min() < 2:
+        raise DataError(f"a cycle of {period} rows needs every phase at least twice in the train split "
+                        f"({b - a} rows); use a shorter --cycle or --cycle off")
+    z = prep.data[a:b].double().numpy()
+    for c in range(prep.n_vars):
+        cyc.table[:, c] = np.bincount(ph, weights=z[:, c], minlength=period) / counts
+    return cyc
+
+
+def remove_cycle(prep: Prepared, cycle: Cycle) -> Prepared:
+    """A copy of ``prep`` whose ``data`` is the standardized series minus ``cycle`` (computed in float64).
+
+    A model trained on it forecasts the residual; adding ``cycle`` at the target timestamps back
+    (``add_cycle``) gives the forecast of the standardized series, and its error equals the residual error."""
+    z = prep.data.double().numpy()
+    resid = z - cycle.at(prep.series.dates.asi8[:len(z)])
+    return replace(prep, data=torch.from_numpy(resid.astype(np.float32)), cycle=cycle)
+
+
+def target_dates_ns(prep: Prepared, split: str) -> np.ndarray:
+    """(windows, horizon) int64 timestamps of every forecast target of ``split``."""
+    a = prep.borders[split][0] + prep.lookback
+    rows = a + np.arange(prep.windows(split))[:, None] + np.arange(prep.horizon)
+    return prep.series.dates.asi8[rows]
+
+
+def add_cycle(prep: Prepared, split: str, predictions: np.ndarray) -> np.ndarray:
+    """Residual forecasts (windows, horizon, scored columns) of ``split`` -> forecasts of the standardized
+    series (float32). Identity when ``prep`` has no cycle."""
+    if prep.cycle is None:
+        return np.asarray(predictions, dtype=np.float32)
+    season = prep.cycle.at(target_dates_ns(prep, split))[..., prep.out_idx]
+    return (np.asarray(predictions, dtype=np.float64) + season).astype(np.float32)

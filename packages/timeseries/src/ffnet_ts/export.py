@@ -8,6 +8,11 @@ protocol) and RevIN are folded into it, so
 * output ``forecast``: (batch, horizon, outputs) float32 raw values of the ``output_columns`` (all
   variables for ``--features M``, the target for ``S`` / ``MS``).
 
+A model trained with a cycle removed (``--cycle``) takes a second input ``phase``: (batch,) int64, the cycle
+phase of each window's first history row (metadata ``cycle``: period, origin and step; phase =
+((t - origin_ns) // step_ns) mod period). The graph subtracts the cycle from the history and adds it to the
+forecast, so input and output stay raw values.
+
 Batch is dynamic; lookback and variables are fixed by the model (its head and its per-variable convs).
 The ONNX / ORT specifics live in :mod:`ffnet.export`.
 """
@@ -32,17 +37,28 @@ __all__ = ["RawUnitsForecaster", "export_checkpoint", "onnx_predictor", "build_f
 class RawUnitsForecaster(nn.Module):
     """Standardize with the dataset scaler -> forecaster (RevIN inside) -> scored columns -> raw units."""
 
-    def __init__(self, model: nn.Module, mean, std, out_idx: list[int]):
+    def __init__(self, model: nn.Module, mean, std, out_idx: list[int], cycle=None, lookback: int = 0,
+                 horizon: int = 0):
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(np.asarray(std), dtype=torch.float32))
         self.register_buffer("out_idx", torch.as_tensor(out_idx, dtype=torch.long))
         self.identity_out = list(out_idx) == list(range(len(mean)))
+        self.has_cycle = cycle is not None
+        if self.has_cycle:  # (period, M) table in the standardized space; offsets of the history / forecast rows
+            self.register_buffer("cycle", torch.as_tensor(np.asarray(cycle), dtype=torch.float32))
+            self.register_buffer("offs_in", torch.arange(lookback))
+            self.register_buffer("offs_out", torch.arange(lookback, lookback + horizon))
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
         z = (history - self.mean) / self.std  # (B, L, M) in the units the model was trained on
+        if self.has_cycle:
+            period = self.cycle.shape[0]
+            z = z - self.cycle[torch.remainder(phase[:, None] + self.offs_in, period)]
         y = self.model(z)  # (B, H, M)
+        if self.has_cycle:
+            y = y + self.cycle[torch.remainder(phase[:, None] + self.offs_out, period)]
         if self.identity_out:
             return y * self.std + self.mean
         return y.index_select(-1, self.out_idx) * self.std[self.out_idx] + self.mean[self.out_idx]  # (B, H, K)
@@ -75,7 +91,10 @@ def build_from_checkpoint(ckpt: dict) -> tuple[RawUnitsForecaster, dict]:
     cols = list(data["columns"])
     scored = list(data.get("scored_columns", cols))
     out_idx = [cols.index(c) for c in scored]
-    wrapper = RawUnitsForecaster(fused, data["mean"], data["std"], out_idx).eval()
+    cycle = data.get("cycle")
+    wrapper = RawUnitsForecaster(fused, data["mean"], data["std"], out_idx,
+                                 cycle=None if cycle is None else cycle["table"], lookback=int(data["lookback"]),
+                                 horizon=int(data["horizon"])).eval()
     meta = {
         "model_name": mdl["name"], "model_args": mdl["args"], "task": "forecasting",
         "lookback": int(data["lookback"]), "horizon": int(data["horizon"]), "variables": len(cols),
@@ -88,7 +107,11 @@ def build_from_checkpoint(ckpt: dict) -> tuple[RawUnitsForecaster, dict]:
         "input_layout": "history (batch, lookback, variables) float32, raw values, columns = input_columns",
         "output_layout": "forecast (batch, horizon, len(output_columns)) float32, raw values",
         "val_mse": ckpt.get("val_mse"), "epoch": ckpt.get("epoch"), "ffnet_timeseries_version": _version(),
+        "cycle": cycle,
     }
+    if cycle is not None:
+        meta["normalization"] += "; the cycle (input phase) is subtracted after scaling and added to the forecast"
+        meta["input_layout"] += "; phase (batch,) int64 = cycle phase of the first history row"
     return wrapper, meta
 
 
@@ -107,9 +130,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         meta["scaler_mean"])
     # NOTE: the CPU fast paths (Toeplitz bmm, channel-major storage) are a training-speed device for
     # eager PyTorch; the deploy graph uses the stock convs, which ORT runs natively.
+    inputs, names, dyn = (x.float(),), ["history"], {"history": {0: "batch"}}
+    if meta["cycle"] is not None:
+        inputs, names = (x.float(), torch.tensor([3, 17])), ["history", "phase"]
+        dyn["phase"] = {0: "batch"}
     with stock_ops():
-        return export_onnx(wrapper, (x.float(),), output, input_names=["history"], output_names=["forecast"],
-                           dynamic_axes={"history": {0: "batch"}}, metadata=meta, opset=opset, force=force,
+        return export_onnx(wrapper, inputs, output, input_names=names, output_names=["forecast"],
+                           dynamic_axes=dyn, metadata=meta, opset=opset, force=force,
                            fuse=False, doc=f"{meta['model_name']} L={meta['lookback']} H={meta['horizon']}, raw "
                                            f"units in and out, exported by ffnet-ts")
 
@@ -144,11 +171,14 @@ def onnx_predictor(checkpoint: str | os.PathLike, threads: int | None = None):
         raise ExportError(f"{checkpoint} is not an ffnet-ts ONNX export (no forecasting metadata)")
     data = {"columns": md["input_columns"], "scored_columns": md["output_columns"], "target": md["target"],
             "lookback": md["lookback"], "horizon": md["horizon"], "irregular_ok": md.get("irregular_ok", False),
-            "mean": md["scaler_mean"], "std": md["scaler_std"]}
+            "mean": md["scaler_mean"], "std": md["scaler_std"], "cycle": md.get("cycle")}
     pos = [md["input_columns"].index(c) for c in md["output_columns"]]
 
-    def run(history: np.ndarray) -> np.ndarray:
-        y = ort_model.run(np.asarray(history, np.float32)[None])[0][0]  # (H, K)
+    def run(history: np.ndarray, phase: int | None = None) -> np.ndarray:
+        feed = {"history": np.asarray(history, np.float32)[None]}
+        if data["cycle"] is not None:
+            feed["phase"] = np.array([phase], dtype=np.int64)
+        y = ort_model.session.run(None, feed)[0][0]  # (H, K)
         full = np.full((y.shape[0], len(md["input_columns"])), np.nan, dtype=np.float64)
         full[:, pos] = y
         return full

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .data import Prepared
+from .data import DataError, Prepared, daily_period, fit_cycle, remove_cycle, time_step_ns
 
 RIDGE_ALPHAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -110,15 +110,56 @@ def fit_linear(prep: Prepared, alphas=RIDGE_ALPHAS) -> LinearBaseline:
     return best
 
 
-def reference_metrics(prep: Prepared, split: str = "test") -> dict:
-    """The two reference rows for ``split``: ``{"naive": {...}, "linear": {...}}`` (JSON-able)."""
-    naive = naive_metrics(prep, split)
+def _linear_row(prep: Prepared, split: str, naive_mse: float) -> dict:
     lin = fit_linear(prep)
     mse, mae = _scores(lin.weight, prep, split, prep.out_idx)
-    linear = {"mse": mse, "mae": mae, "windows": prep.windows(split), "params": lin.params,
-              "ridge_alpha": lin.alpha, "val_mse": lin.val_mse, "alpha_selection": lin.selection,
-              "skill_vs_naive": skill(mse, naive["mse"])}
-    return {"naive": naive, "linear": linear}
+    params = lin.params + (prep.cycle.table.size if prep.cycle is not None else 0)
+    return {"mse": mse, "mae": mae, "windows": prep.windows(split), "params": params, "ridge_alpha": lin.alpha,
+            "val_mse": lin.val_mse, "alpha_selection": lin.selection, "skill_vs_naive": skill(mse, naive_mse)}
+
+
+def reference_metrics(prep: Prepared, split: str = "test", cycle_prep: Prepared | None = None) -> dict:
+    """The reference rows for ``split``: ``{"naive": {...}, "linear": {...}}`` (JSON-able), plus
+    ``"linear_cycle"`` (the same closed-form linear map on the series minus the cycle, the cycle added back)
+    when ``cycle_prep`` (``remove_cycle(prep, ...)``) is given. The residual's error is the series' error, so
+    all rows are scored on the same windows in the same space."""
+    naive = naive_metrics(prep, split)
+    out = {"naive": naive, "linear": _linear_row(prep, split, naive["mse"])}
+    if cycle_prep is not None:
+        out["linear_cycle"] = {**_linear_row(cycle_prep, split, naive["mse"]), "period": cycle_prep.cycle.period}
+    return out
+
+
+def choose_cycle(prep: Prepared, mode: str | int = "auto") -> tuple[Prepared | None, dict]:
+    """Decide on validation whether to remove a cycle: ``(residual prep or None, decision record)``.
+
+    ``mode``: ``"off"``; a period in rows (always used); or ``"auto"``: the daily cycle of the series' time
+    step (``daily_period``: 24 for hourly data, 96 for 15 min, 7 for daily), used only when it lowers the
+    closed-form linear map's **validation** MSE (a second of float64 least squares; test is not read).
+
+    Raises:
+        DataError: an explicit period that the train split cannot estimate (``fit_cycle``).
+    """
+    if mode == "off":
+        return None, {"mode": "off", "used": False, "period": None, "reason": "--cycle off"}
+    if mode != "auto":
+        cyc = fit_cycle(prep, int(mode))
+        return remove_cycle(prep, cyc), {"mode": str(mode), "used": True, "period": cyc.period,
+                                         "reason": f"--cycle {mode}"}
+    period = daily_period(time_step_ns(prep.series.dates))
+    rec = {"mode": "auto", "used": False, "period": period}
+    if period is None:
+        return None, {**rec, "reason": "no daily or weekly cycle for this time step"}
+    try:
+        cyc = fit_cycle(prep, period)
+    except DataError as e:
+        return None, {**rec, "reason": str(e)}
+    resid = remove_cycle(prep, cyc)
+    off, on = fit_linear(prep).val_mse, fit_linear(resid).val_mse
+    rec["linear_val_mse"] = {"off": off, "on": on}
+    if on < off:
+        return resid, {**rec, "used": True, "reason": f"lowers the linear map's validation MSE ({off:.4f} -> {on:.4f})"}
+    return None, {**rec, "reason": f"does not lower the linear map's validation MSE ({off:.4f} -> {on:.4f})"}
 
 
 def skill(mse: float, naive_mse: float) -> float:
