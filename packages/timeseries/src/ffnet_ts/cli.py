@@ -193,8 +193,8 @@ def cmd_forecast(args) -> int:
         cprep, cycle_rec = cycles[h]
         tprep = cprep if cprep is not None else prep  # what the model sees: the series, or it minus the cycle
         if info.master:
-            print(f"cycle (H={h}): " + (f"removing a {cycle_rec['period']}-row cycle" if cycle_rec["used"] else "none")
-                  + f" ({cycle_rec['reason']})", file=sys.stderr)
+            print(f"H={h}: " + (f"removing a {cycle_rec['period']}-row cycle" if cycle_rec["used"] else
+                                "no cycle removed") + f" ({cycle_rec['reason']})", file=sys.stderr)
         # what is left of the budget, shared equally by the horizons still to run (an early stop passes its
         # unused time on to the longer horizons)
         share = None if budget_s is None else max(budget_s - spent, 1.0) / (len(horizons) - i)

@@ -157,9 +157,10 @@ def choose_cycle(prep: Prepared, mode: str | int = "auto") -> tuple[Prepared | N
     resid = remove_cycle(prep, cyc)
     off, on = fit_linear(prep).val_mse, fit_linear(resid).val_mse
     rec["linear_val_mse"] = {"off": off, "on": on}
+    why = f"closed-form linear map's validation MSE {off:.4f} without it, {on:.4f} with it"
     if on < off:
-        return resid, {**rec, "used": True, "reason": f"lowers the linear map's validation MSE ({off:.4f} -> {on:.4f})"}
-    return None, {**rec, "reason": f"does not lower the linear map's validation MSE ({off:.4f} -> {on:.4f})"}
+        return resid, {**rec, "used": True, "reason": why}
+    return None, {**rec, "reason": why}
 
 
 def skill(mse: float, naive_mse: float) -> float:
