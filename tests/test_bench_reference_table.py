@@ -62,3 +62,21 @@ def test_cell_lock_is_exclusive_and_stale_locks_are_taken_over(bench, tmp_path):
     assert bench._acquire_lock(lock) and lock.read_text() == str(os.getpid())
     lock.unlink()
     assert bench._acquire_lock(lock) and lock.read_text() == str(os.getpid())
+
+
+def test_bf16_cells_are_marked_and_refused_where_bf16_is_emulated(bench, monkeypatch, tmp_path, capsys):
+    fp32 = {**_cell("ETTh1", 96, "ffnet_ts", 0.4), "train_args": {"lr": 1e-4}}
+    bf16 = {**_cell("ETTh1", 720, "ffnet_ts", 0.5), "train_args": {"lr": 1e-4, "precision": "bf16"}}
+    table = bench.results_table({("ETTh1", 96, "ffnet_ts"): fp32, ("ETTh1", 720, "ffnet_ts"): bf16})
+    rows = {r.split("|")[2].strip(): r for r in table.splitlines() if r.startswith("| ETTh1 |")}
+    assert "0.400 / 0.410 |" in rows["96"] and "ᵇ" not in rows["96"]
+    assert "0.500 / 0.510 ᵇ" in rows["720"]
+    # a CPU without native bf16: one line, exit 2, no cell started
+    from ffnet_ts import accel
+
+    monkeypatch.setattr(accel, "cpu_bf16_native", lambda: False)
+    assert bench.main(["--cell", "ETTh1", "96", "dlinear", "--precision", "bf16", "--epochs", "1",
+                       "--max-windows", "40", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "native bf16" in err[0]
+    assert not list(tmp_path.iterdir())
