@@ -247,14 +247,10 @@ def speed_markdown(res: dict, threads: int) -> str:
 
 def _cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo) and whether it has native bf16: speed tables depend on both."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-    except OSError:
-        pass
-    from ffnet_ts.accel import cpu_bf16_native
+    from ffnet_ts.accel import cpu_bf16_native, cpuinfo
 
+    info = cpuinfo()
+    name = (info or {}).get("model") or platform.processor() or platform.machine()
     return f"{name} ({'native bf16' if cpu_bf16_native() else 'no native bf16'})"
 
 

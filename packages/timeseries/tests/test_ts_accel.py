@@ -131,3 +131,14 @@ def test_import_before_torch_enables_huge_page_allocation_for_large_tensors():
     out = subprocess.run([sys.executable, "-c", _THP], check=True, capture_output=True, text=True, env=env).stdout
     flag, faults = out.split()[-2:]
     assert flag == "0" and int(faults) > 10000
+
+
+def test_cpuinfo_reads_the_first_cpu(tmp_path):
+    from ffnet_ts.accel import cpuinfo
+
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU @ 2GHz\n"
+                 "flags\t\t: fpu sse2 avx512_bf16 amx_tile\n\nprocessor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    info = cpuinfo(str(f))
+    assert info == {"model": "Test CPU @ 2GHz", "flags": {"fpu", "sse2", "avx512_bf16", "amx_tile"}}
+    assert cpuinfo(str(tmp_path / "absent")) is None

@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["cxx_compiler", "maybe_compile", "cpu_bf16_native", "keep_freed_memory"]
+__all__ = ["cxx_compiler", "maybe_compile", "cpuinfo", "cpu_bf16_native", "keep_freed_memory"]
 
 
 def cxx_compiler() -> str | None:
@@ -93,25 +93,39 @@ class _CompiledOrEager(nn.Module):
         return out
 
 
+def cpuinfo(path: str = "/proc/cpuinfo") -> dict | None:
+    """The first CPU's ``model name`` and ``flags`` from /proc/cpuinfo (None where there is no such file).
+
+    The one reader of that file: the bf16 check below and the benchmarks' environment records use it."""
+    info: dict = {"model": None, "flags": set()}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and info["model"] is None:
+                    info["model"] = value.strip()
+                elif key == "flags":
+                    info["flags"] = set(value.split())
+                    break
+    except OSError:
+        return None
+    return info
+
+
 def cpu_bf16_native() -> bool:
     """True when this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), so CPU bf16 autocast is fast.
 
     Without them oneDNN emulates bf16: on the project's AMD EPYC (AVX2 only) a bf16 1024^3 matmul ran at
     0.2 GFLOP/s against 78 in fp32. On an Intel Xeon with AMX (2026-12-01) it ran at 1146 vs 142 GFLOP/s.
     """
-    try:
-        flags = set()
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-        return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:  # not Linux: ask oneDNN (true on AVX-512 CPUs, which at least convert in hardware)
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except Exception:  # noqa: BLE001
-            return False
+    info = cpuinfo()
+    if info is not None:
+        return bool(info["flags"] & {"amx_bf16", "avx512_bf16"})
+    try:  # not Linux: ask oneDNN (true on AVX-512 CPUs, which at least convert in hardware)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 _MALLOC_TUNED = False
