@@ -406,12 +406,14 @@ class Prepared:
     def windows(self, split: str) -> int:
         return num_windows(self.borders[split], self.lookback, self.horizon)
 
+    def target_rows(self, split: str) -> np.ndarray:
+        """(windows, horizon) row indices of every forecast target of ``split``."""
+        a = self.borders[split][0] + self.lookback
+        return a + np.arange(self.windows(split))[:, None] + np.arange(self.horizon)
+
     def targets(self, split: str) -> np.ndarray:
         """(windows, horizon, scored columns) float32 standardized targets of every window of ``split``."""
-        a = self.borders[split][0] + self.lookback
-        n = self.windows(split)
-        rows = a + np.arange(n)[:, None] + np.arange(self.horizon)
-        return self.data.numpy()[rows][..., self.out_idx]
+        return self.data.numpy()[self.target_rows(split)][..., self.out_idx]
 
 
 def prepare(series: Series, lookback: int, horizon: int, features: str = "M") -> Prepared:
@@ -541,17 +543,10 @@ def remove_cycle(prep: Prepared, cycle: Cycle) -> Prepared:
     return replace(prep, data=torch.from_numpy(resid.astype(np.float32)), cycle=cycle)
 
 
-def target_dates_ns(prep: Prepared, split: str) -> np.ndarray:
-    """(windows, horizon) int64 timestamps of every forecast target of ``split``."""
-    a = prep.borders[split][0] + prep.lookback
-    rows = a + np.arange(prep.windows(split))[:, None] + np.arange(prep.horizon)
-    return prep.series.dates.asi8[rows]
-
-
 def add_cycle(prep: Prepared, split: str, predictions: np.ndarray) -> np.ndarray:
     """Residual forecasts (windows, horizon, scored columns) of ``split`` -> forecasts of the standardized
     series (float32). Identity when ``prep`` has no cycle."""
     if prep.cycle is None:
         return np.asarray(predictions, dtype=np.float32)
-    season = prep.cycle.at(target_dates_ns(prep, split))[..., prep.out_idx]
+    season = prep.cycle.at(prep.series.dates.asi8[prep.target_rows(split)])[..., prep.out_idx]
     return (np.asarray(predictions, dtype=np.float64) + season).astype(np.float32)
