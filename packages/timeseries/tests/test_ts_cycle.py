@@ -76,7 +76,9 @@ def test_auto_decides_on_validation_only(etth1):
                                   borders=NoTest(train=prep.borders["train"], val=prep.borders["val"]))
     res, rec = R.choose_cycle(guarded, "auto")
     lin = rec["linear_val_mse"]
-    assert rec["period"] == 24 and rec["used"] == (lin["on"] < lin["off"]) and res is not None
+    best = min(lin, key=lin.get)
+    assert rec["period"] == 24 and rec["used"] == (best != "off") and set(lin) == {"off", "fixed", "window"}
+    assert res is not None and rec["amplitude"] == best and res.cycle.amplitude == best
     assert lin["off"] == pytest.approx(R.fit_linear(prep).val_mse, rel=1e-12)  # same validation, full data
 
 
@@ -85,7 +87,8 @@ def test_auto_keeps_a_series_without_a_cycle_as_it_is():
     values = np.cumsum(rng.standard_normal((1500, 2)), 0)  # random walks: no daily cycle to find
     s = D.Series("rw", pd.date_range("2021-01-01", periods=1500, freq="h"), values, ["a", "OT"], "OT")
     res, rec = R.choose_cycle(D.prepare(s, L, H), "auto")
-    assert res is None and rec["used"] is False and rec["linear_val_mse"]["on"] >= rec["linear_val_mse"]["off"]
+    lin = rec["linear_val_mse"]
+    assert res is None and rec["used"] is False and min(lin["fixed"], lin["window"]) >= lin["off"]
     weekly = D.Series("wk", pd.date_range("2001-01-07", periods=400, freq="7D"), values[:400], ["a", "OT"], "OT")
     res, rec = R.choose_cycle(D.prepare(weekly, 12, 6), "auto")
     assert res is None and "no daily or weekly cycle" in rec["reason"]
@@ -100,7 +103,8 @@ def test_a_period_the_train_split_cannot_estimate_is_refused(etth1):
 def test_cli_scores_the_written_forecasts_and_prints_the_cycle_row(small_csv, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", str(L),
-                     "--horizon", str(H), "--epochs", "1", "--cycle", "24", "--no-progress", "--out", str(out)]) == 0
+                     "--horizon", str(H), "--epochs", "1", "--cycle", "24", "--cycle-amplitude", "fixed", "--no-progress",
+                     "--out", str(out)]) == 0
     captured = capsys.readouterr()
     m = json.loads((out / "metrics.json").read_text())["horizons"][str(H)]
     assert m["cycle"]["used"] and m["cycle"]["period"] == 24
@@ -143,7 +147,7 @@ def test_cycle_off_is_the_plain_pipeline(small_csv, tmp_path):
     assert cli.main(["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", str(L),
                      "--horizon", str(H), "--epochs", "1", "--cycle", "off", "--no-progress", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())["horizons"][str(H)]
-    assert m["cycle"] == {"mode": "off", "used": False, "period": None, "reason": "--cycle off"}
+    assert m["cycle"] == {"mode": "off", "used": False, "period": None, "amplitude": None, "reason": "--cycle off"}
     assert "linear_cycle" not in m["reference"]
     assert torch.load(out / f"checkpoint_H{H}.pt", weights_only=False)["data"]["cycle"] is None
 
@@ -161,7 +165,7 @@ def test_predict_and_onnx_add_the_cycle_back(etth1, data_dir, tmp_path, monkeypa
     by-hand pipeline (scale, subtract the hour's cycle, model, add the target hours' cycle, unscale)."""
     monkeypatch.setenv("FFNET_CACHE_DIR", str(tmp_path / "cache"))
     prep = D.prepare(etth1, 32, 8)
-    res = R.choose_cycle(prep, 24)[0]
+    res = R.choose_cycle(prep, 24, "fixed")[0]
     torch.manual_seed(0)
     margs = {"n_vars": res.n_vars, "lookback": 32, "horizon": 8}
     model = create_model("ffnet_ts_tiny", **margs).eval()

@@ -161,7 +161,7 @@ def cmd_forecast(args) -> int:
     lookback = args.lookback or (reg.lookback if reg else 96)
     preps = {h: D.prepare(series, lookback, h, args.features) for h in horizons}  # all checks before any write
     # the cycle decision reads train and validation only (a closed-form fit per horizon, about a second)
-    cycles = {h: R.choose_cycle(p, cycle_mode) for h, p in preps.items()}
+    cycles = {h: R.choose_cycle(p, cycle_mode, args.cycle_amplitude) for h, p in preps.items()}
     out = Path(args.out or Path("runs") / "ffnet-ts" / series.name)
     existing = _existing_outputs(out)
     if existing and not (args.force or args.resume):
@@ -193,7 +193,8 @@ def cmd_forecast(args) -> int:
         cprep, cycle_rec = cycles[h]
         tprep = cprep if cprep is not None else prep  # what the model sees: the series, or it minus the cycle
         if info.master:
-            print(f"H={h}: " + (f"removing a {cycle_rec['period']}-row cycle" if cycle_rec["used"] else
+            print(f"H={h}: " + (f"removing a {cycle_rec['period']}-row cycle, {cycle_rec['amplitude']} amplitude"
+                                if cycle_rec["used"] else
                                 "no cycle removed") + f" ({cycle_rec['reason']})", file=sys.stderr)
         # what is left of the budget, shared equally by the horizons still to run (an early stop passes its
         # unused time on to the longer horizons)
@@ -211,7 +212,7 @@ def cmd_forecast(args) -> int:
             cfg = T.TrainConfig(
                 epochs=cap, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
                 lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=args.seed, device=str(device),
-                loss=args.loss, precision=args.precision, amp=not args.no_amp, progress=not args.no_progress,
+                loss=args.loss, precision=args.precision, ema=args.ema, amp=not args.no_amp, progress=not args.no_progress,
                 time_budget=share)
             margs = _model_args(args, args.model, tprep, d)
             model = create_model(args.model, **margs)
@@ -236,7 +237,7 @@ def cmd_forecast(args) -> int:
             "epochs_run": res.epochs_run, "stopped_early": res.stopped_early, "stop_reason": res.stop_reason,
             "best_val_mse": res.best_val_mse,
             "train_config": {k: getattr(cfg, k) for k in ("epochs", "patience", "batch_size", "lr", "lr_schedule",
-                                                          "loss", "precision", "seed", "time_budget",
+                                                          "loss", "precision", "ema", "seed", "time_budget",
                                                           "epoch_windows", "val_stride")},
             "model_args": margs,
         }
@@ -331,7 +332,8 @@ def _forecast_table(model: str, rows: list) -> str:
                          f"- | - |")
             lc = ref.get("linear_cycle")
             if lc:
-                lines.append(f"| {h:7d} | linear + {lc['period']}-row cycle (closed form, ridge alpha "
+                amp = "" if lc.get("amplitude", "fixed") == "fixed" else ", window amplitude"
+                lines.append(f"| {h:7d} | linear + {lc['period']}-row cycle{amp} (closed form, ridge alpha "
                              f"{lc['ridge_alpha']:g}) | {lc['mse']:.4f} | {lc['mae']:.4f} | "
                              f"{lc['skill_vs_naive']:+.3f} | {lc['windows']} | - | {lc['params']} | - | - |")
     return "\n".join(lines)
@@ -399,15 +401,23 @@ def cmd_predict(args) -> int:
         y = run_onnx(series.values[-L:, idx], phase)  # (H, C), raw units in and out
     else:
         x = (series.values[-L:, idx] - mean) / std
+        cx = cy = None
         if cycle is not None:  # the model forecasts the series minus its train-split cycle
-            x = x - cycle.at(series.dates.asi8[-L:])
+            cx, cy = cycle.at(series.dates.asi8[-L:]), cycle.at(dates.asi8)
+            x = x - cx
         model = create_model(ckpt["model"]["name"], **ckpt["model"]["args"])
         model.load_state_dict(ckpt["state_dict"])
         model.to(device).eval()
+
+        def tensor(a):
+            return torch.from_numpy(a.astype(np.float32))[None].to(device)
+
+        # a window-amplitude cycle also feeds the model the cycle at the window's rows (train.cycle_forward)
+        window = (tensor(cx), tensor(cy), cycle.shrink) if cycle is not None and cycle.shrink is not None else ()
         with torch.no_grad():
-            y = model(torch.from_numpy(x.astype(np.float32))[None].to(device))[0].float().cpu().numpy()  # (H, C)
+            y = T.cycle_forward(model, tensor(x), *window)[0].float().cpu().numpy()  # (H, C)
         if cycle is not None:
-            y = y + cycle.at(dates.asi8)
+            y = y + cy
         y = y * std + mean
     scored = meta.get("scored_columns", meta["columns"])
     frame = pd.DataFrame({c: y[:, meta["columns"].index(c)] for c in scored})
@@ -504,12 +514,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--loss", default="mse", choices=LOSSES,
                    help="training loss (default mse, the reference's); validation, early stopping and the "
                         "reported metrics are MSE / MAE whatever is chosen")
+    f.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights (per-step decay, e.g. 0.99)")
     f.add_argument("--dropout", type=float, default=None, help="channel-mixer dropout (default: per dataset)")
     f.add_argument("--cycle", default="auto", metavar="auto|off|N",
                    help="remove a per-variable cycle fitted on the train split before the model, add it back after "
                         "(ours). auto (default): the daily cycle of the time step (hourly 24, 15 min 96, daily 7), "
                         "kept only if it lowers the closed-form linear map's validation MSE; off: the paper's "
                         "pipeline; N: a period of N rows")
+    f.add_argument("--cycle-amplitude", default="auto", choices=["auto", "fixed", "window"],
+                   help="fixed: the train split's cycle as it is; window: scaled per window by its own amplitude "
+                        "(shrunk halfway to the train split's); auto (default): the one with the lower closed-form "
+                        "linear validation MSE")
     f.add_argument("--seed", type=int, default=2021)
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     f.add_argument("--threads", type=int, default=None,

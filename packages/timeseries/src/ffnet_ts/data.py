@@ -411,6 +411,12 @@ class Prepared:
         a = self.borders[split][0] + self.lookback
         return a + np.arange(self.windows(split))[:, None] + np.arange(self.horizon)
 
+    def cycle_rows(self) -> torch.Tensor | None:
+        """(T, C) float32 cycle values at every row when the cycle has a window amplitude, else None."""
+        if self.cycle is None or self.cycle.shrink is None:
+            return None
+        return torch.from_numpy(self.cycle.at(self.series.dates.asi8[:len(self.data)]).astype(np.float32))
+
     def targets(self, split: str) -> np.ndarray:
         """(windows, horizon, scored columns) float32 standardized targets of every window of ``split``."""
         return self.data.numpy()[self.target_rows(split)][..., self.out_idx]
@@ -481,17 +487,30 @@ def daily_period(step_ns: int | None) -> int | None:
     return None
 
 
+CYCLE_SHRINK = 1.0  # window amplitude: the window's own estimate averaged with the train split's (1)
+AMPLITUDES = ("fixed", "window")
+
+
 @dataclass
 class Cycle:
     """A per-variable cycle of ``period`` rows in the standardized space, fitted on the train rows only:
     ``table[p, c]`` is the mean of variable ``c`` over the train rows of phase ``p``. The phase of a timestamp
     ``t`` is ``((t - origin_ns) // step_ns) mod period``, so new data on the same time grid (``predict``) gets
-    the phases the model was trained with."""
+    the phases the model was trained with.
+
+    ``shrink`` None: the cycle is removed and added back as it is (``fixed`` amplitude). A number ``k``
+    (``window`` amplitude): each window scales it by its own amplitude, estimated from its lookback rows and
+    shrunk towards the train split's (``cycle_gain``)."""
 
     period: int
     table: np.ndarray  # (period, variables) float64
     origin_ns: int
     step_ns: int
+    shrink: float | None = None
+
+    @property
+    def amplitude(self) -> str:
+        return "fixed" if self.shrink is None else "window"
 
     def phases(self, dates_ns: np.ndarray) -> np.ndarray:
         return ((np.asarray(dates_ns, dtype=np.int64) - self.origin_ns) // self.step_ns) % self.period
@@ -502,12 +521,13 @@ class Cycle:
 
     def to_json(self) -> dict:
         return {"period": int(self.period), "table": self.table.tolist(), "origin_ns": int(self.origin_ns),
-                "step_ns": int(self.step_ns)}
+                "step_ns": int(self.step_ns), "shrink": self.shrink}
 
     @classmethod
     def from_json(cls, d: dict) -> Cycle:
+        shrink = d.get("shrink")  # absent in checkpoints written before window amplitudes: fixed
         return cls(int(d["period"]), np.asarray(d["table"], dtype=np.float64), int(d["origin_ns"]),
-                   int(d["step_ns"]))
+                   int(d["step_ns"]), None if shrink is None else float(shrink))
 
 
 def fit_cycle(prep: Prepared, period: int) -> Cycle:
@@ -531,6 +551,20 @@ def fit_cycle(prep: Prepared, period: int) -> Cycle:
     for c in range(prep.n_vars):
         cyc.table[:, c] = np.bincount(ph, weights=z[:, c], minlength=period) / counts
     return cyc
+
+
+def cycle_gain(x: torch.Tensor, cx: torch.Tensor, shrink: float) -> torch.Tensor:
+    """Per-window, per-variable correction ``g`` of a cycle's amplitude (window amplitude, ``Cycle.shrink``).
+
+    ``x`` (..., L, C) is a window of the residual series (the series minus the cycle) and ``cx`` the cycle at
+    the same rows. The window's own amplitude is the least-squares slope ``b`` of the series on the cycle over
+    the lookback rows; the amplitude used is ``(b + shrink) / (1 + shrink)`` (``shrink`` = 1: halfway between
+    the window's and the train split's, which is 1), and ``g`` is that minus 1: ``cov(x, cx) / ((1 + shrink)
+    var(cx))``. A model then sees ``x - g cx`` and its forecast gets ``g cy`` added (``cy``: the cycle at the
+    forecast rows), so its output stays a forecast of the residual series. Returns (..., 1, C)."""
+    xc = x - x.mean(-2, keepdim=True)
+    cc = cx - cx.mean(-2, keepdim=True)
+    return (xc * cc).sum(-2, keepdim=True) / ((1.0 + shrink) * (cc * cc).sum(-2, keepdim=True) + 1e-6)
 
 
 def remove_cycle(prep: Prepared, cycle: Cycle) -> Prepared:

@@ -11,7 +11,8 @@ protocol) and RevIN are folded into it, so
 A model trained with a cycle removed (``--cycle``) takes a second input ``phase``: (batch,) int64, the cycle
 phase of each window's first history row (metadata ``cycle``: period, origin and step; phase =
 ((t - origin_ns) // step_ns) mod period). The graph subtracts the cycle from the history and adds it to the
-forecast, so input and output stay raw values.
+forecast, so input and output stay raw values. With a window amplitude (``cycle.shrink`` set) the graph
+also scales the cycle per window by the history's own amplitude (``data.cycle_gain``).
 
 Batch is dynamic; lookback and variables are fixed by the model (its head and its per-variable convs).
 The ONNX / ORT specifics live in :mod:`ffnet.export`.
@@ -31,6 +32,8 @@ import torch
 from ffnet.export import DEFAULT_OPSET, ExportError, OnnxRuntimeModel, export_onnx, fuse_for_export
 from torch import nn
 
+from .data import cycle_gain
+
 __all__ = ["RawUnitsForecaster", "export_checkpoint", "onnx_predictor", "build_from_checkpoint", "export_cli"]
 
 
@@ -38,7 +41,7 @@ class RawUnitsForecaster(nn.Module):
     """Standardize with the dataset scaler -> forecaster (RevIN inside) -> scored columns -> raw units."""
 
     def __init__(self, model: nn.Module, mean, std, out_idx: list[int], cycle=None, lookback: int = 0,
-                 horizon: int = 0):
+                 horizon: int = 0, shrink: float | None = None):
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
@@ -46,6 +49,7 @@ class RawUnitsForecaster(nn.Module):
         self.register_buffer("out_idx", torch.as_tensor(out_idx, dtype=torch.long))
         self.identity_out = list(out_idx) == list(range(len(mean)))
         self.has_cycle = cycle is not None
+        self.shrink = shrink  # window amplitude (data.cycle_gain); None: the cycle is added as it is
         if self.has_cycle:  # (period, M) table in the standardized space; offsets of the history / forecast rows
             self.register_buffer("cycle", torch.as_tensor(np.asarray(cycle), dtype=torch.float32))
             self.register_buffer("offs_in", torch.arange(lookback))
@@ -53,12 +57,19 @@ class RawUnitsForecaster(nn.Module):
 
     def forward(self, history: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
         z = (history - self.mean) / self.std  # (B, L, M) in the units the model was trained on
-        if self.has_cycle:
+        if not self.has_cycle:
+            y = self.model(z)  # (B, H, M)
+        else:
             period = self.cycle.shape[0]
-            z = z - self.cycle[torch.remainder(phase[:, None] + self.offs_in, period)]
-        y = self.model(z)  # (B, H, M)
-        if self.has_cycle:
-            y = y + self.cycle[torch.remainder(phase[:, None] + self.offs_out, period)]
+            cx = self.cycle[torch.remainder(phase[:, None] + self.offs_in, period)]
+            cy = self.cycle[torch.remainder(phase[:, None] + self.offs_out, period)]
+            z = z - cx
+            if self.shrink is None:
+                y = self.model(z)
+            else:
+                g = cycle_gain(z, cx, self.shrink)
+                y = self.model(z - g * cx) + g * cy
+            y = y + cy
         if self.identity_out:
             return y * self.std + self.mean
         return y.index_select(-1, self.out_idx) * self.std[self.out_idx] + self.mean[self.out_idx]  # (B, H, K)
@@ -94,7 +105,8 @@ def build_from_checkpoint(ckpt: dict) -> tuple[RawUnitsForecaster, dict]:
     cycle = data.get("cycle")
     wrapper = RawUnitsForecaster(fused, data["mean"], data["std"], out_idx,
                                  cycle=None if cycle is None else cycle["table"], lookback=int(data["lookback"]),
-                                 horizon=int(data["horizon"])).eval()
+                                 horizon=int(data["horizon"]),
+                                 shrink=None if cycle is None else cycle.get("shrink")).eval()
     meta = {
         "model_name": mdl["name"], "model_args": mdl["args"], "task": "forecasting",
         "lookback": int(data["lookback"]), "horizon": int(data["horizon"]), "variables": len(cols),
@@ -111,6 +123,8 @@ def build_from_checkpoint(ckpt: dict) -> tuple[RawUnitsForecaster, dict]:
     }
     if cycle is not None:
         meta["normalization"] += "; the cycle (input phase) is subtracted after scaling and added to the forecast"
+        if cycle.get("shrink") is not None:
+            meta["normalization"] += ", scaled per window by the history's own amplitude (window amplitude)"
         meta["input_layout"] += "; phase (batch,) int64 = cycle phase of the first history row"
     return wrapper, meta
 

@@ -17,21 +17,43 @@ stays at one variable's windows even for Weather at H=720.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .data import DataError, Prepared, daily_period, fit_cycle, remove_cycle, time_step_ns
+from .data import (
+    AMPLITUDES,
+    CYCLE_SHRINK,
+    DataError,
+    Prepared,
+    cycle_gain,
+    daily_period,
+    fit_cycle,
+    remove_cycle,
+    time_step_ns,
+)
 
 RIDGE_ALPHAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 def _windows(prep: Prepared, split: str, column: int) -> np.ndarray:
-    """(windows, lookback + horizon) float64 view of one column's windows of ``split``."""
+    """(windows, lookback + horizon) float64 view of one column's windows of ``split``.
+
+    With a window-amplitude cycle each window is ``[x - g cx | y - g cy]`` (``data.cycle_gain``): what the
+    model sees and what it must forecast, so a linear map fitted on these windows is the closed-form
+    relative of a network trained with that cycle, and its error is the series' error."""
     a, b = prep.borders[split]
     z = prep.data[a:b, column].double().numpy()
-    return sliding_window_view(z, prep.lookback + prep.horizon)
+    w = sliding_window_view(z, prep.lookback + prep.horizon)
+    if prep.cycle is None or prep.cycle.shrink is None:
+        return w
+    L = prep.lookback
+    cw = sliding_window_view(prep.cycle.at(prep.series.dates.asi8[a:b])[:, column], prep.lookback + prep.horizon)
+    g = cycle_gain(torch.from_numpy(np.ascontiguousarray(w[:, :L, None])),
+                   torch.from_numpy(np.ascontiguousarray(cw[:, :L, None])), prep.cycle.shrink).numpy()[:, :, 0]
+    return w - g * cw
 
 
 def naive_metrics(prep: Prepared, split: str = "test") -> dict:
@@ -126,41 +148,52 @@ def reference_metrics(prep: Prepared, split: str = "test", cycle_prep: Prepared 
     naive = naive_metrics(prep, split)
     out = {"naive": naive, "linear": _linear_row(prep, split, naive["mse"])}
     if cycle_prep is not None:
-        out["linear_cycle"] = {**_linear_row(cycle_prep, split, naive["mse"]), "period": cycle_prep.cycle.period}
+        out["linear_cycle"] = {**_linear_row(cycle_prep, split, naive["mse"]), "period": cycle_prep.cycle.period,
+                               "amplitude": cycle_prep.cycle.amplitude}
     return out
 
 
-def choose_cycle(prep: Prepared, mode: str | int = "auto") -> tuple[Prepared | None, dict]:
-    """Decide on validation whether to remove a cycle: ``(residual prep or None, decision record)``.
+def choose_cycle(prep: Prepared, mode: str | int = "auto", amplitude: str = "auto") -> tuple[Prepared | None, dict]:
+    """Decide on validation whether and how to remove a cycle: ``(residual prep or None, decision record)``.
 
     ``mode``: ``"off"``; a period in rows (always used); or ``"auto"``: the daily cycle of the series' time
     step (``daily_period``: 24 for hourly data, 96 for 15 min, 7 for daily), used only when it lowers the
-    closed-form linear map's **validation** MSE (a second of float64 least squares; test is not read).
+    closed-form linear map's **validation** MSE (float64 least squares, seconds; test is not read).
+    ``amplitude``: ``"fixed"`` (the train split's cycle as it is), ``"window"`` (scaled per window,
+    ``data.cycle_gain`` with ``CYCLE_SHRINK``) or ``"auto"``: whichever gives the lower validation MSE of the
+    same closed-form map.
 
     Raises:
         DataError: an explicit period that the train split cannot estimate (``fit_cycle``).
     """
+    if amplitude not in ("auto", *AMPLITUDES):
+        raise DataError(f"cycle amplitude must be auto, {' or '.join(AMPLITUDES)} (got {amplitude!r})")
     if mode == "off":
-        return None, {"mode": "off", "used": False, "period": None, "reason": "--cycle off"}
-    if mode != "auto":
-        cyc = fit_cycle(prep, int(mode))
-        return remove_cycle(prep, cyc), {"mode": str(mode), "used": True, "period": cyc.period,
-                                         "reason": f"--cycle {mode}"}
-    period = daily_period(time_step_ns(prep.series.dates))
-    rec = {"mode": "auto", "used": False, "period": period}
+        return None, {"mode": "off", "used": False, "period": None, "amplitude": None, "reason": "--cycle off"}
+    forced = mode != "auto"
+    period = int(mode) if forced else daily_period(time_step_ns(prep.series.dates))
+    rec = {"mode": str(mode), "used": False, "period": period, "amplitude": None}
     if period is None:
         return None, {**rec, "reason": "no daily or weekly cycle for this time step"}
     try:
         cyc = fit_cycle(prep, period)
     except DataError as e:
+        if forced:
+            raise
         return None, {**rec, "reason": str(e)}
-    resid = remove_cycle(prep, cyc)
-    off, on = fit_linear(prep).val_mse, fit_linear(resid).val_mse
-    rec["linear_val_mse"] = {"off": off, "on": on}
-    why = f"closed-form linear map's validation MSE {off:.4f} without it, {on:.4f} with it"
-    if on < off:
-        return resid, {**rec, "used": True, "reason": why}
-    return None, {**rec, "reason": why}
+    kinds = AMPLITUDES if amplitude == "auto" else (amplitude,)
+    cands = {a: remove_cycle(prep, replace(cyc, shrink=None if a == "fixed" else CYCLE_SHRINK)) for a in kinds}
+    if forced and len(cands) == 1:
+        (a, resid), = cands.items()
+        return resid, {**rec, "used": True, "amplitude": a, "reason": f"--cycle {mode}"}
+    val = {"off": None if forced else fit_linear(prep).val_mse, **{a: fit_linear(p).val_mse for a, p in cands.items()}}
+    rec["linear_val_mse"] = val
+    best = min((v, k) for k, v in val.items() if v is not None)[1]
+    why = "closed-form linear map's validation MSE " + ", ".join(
+        f"{v:.4f} {'without it' if k == 'off' else f'with it ({k} amplitude)'}" for k, v in val.items() if v is not None)
+    if best == "off":
+        return None, {**rec, "reason": why}
+    return cands[best], {**rec, "used": True, "amplitude": best, "reason": why}
 
 
 def skill(mse: float, naive_mse: float) -> float:

@@ -35,6 +35,12 @@ LR schedules (``lr_schedule``; epochs are 1-based below):
 * ``onecycle``: per-step one-cycle (warm-up 30 %, from lr/25, cosine down to lr/25e4), PatchTST's ``TST``.
 * ``cosine``: per-step cosine from lr to 0 over ``epochs``; ``constant``.
 
+Weight averaging (``ema``, off by default in ``TrainConfig``): an exponential moving average of the weights,
+updated after every optimizer step with decay ``min(ema, (1 + t) / (10 + t))`` at step ``t`` (the warm-up
+keeps the random initialization from lingering in the average), in float32 whatever the autocast. When it
+is on, validation, early stopping, the best checkpoint and the weights ``fit`` leaves in the model are all
+the averaged ones; the raw weights only train. Buffers are copied, not averaged.
+
 Training losses (``loss``): ``mse`` (the reference), ``mae`` (L1) and ``huber`` (smooth L1, delta 1, in
 standardized units). Validation, early stopping and every reported metric stay MSE / MAE whatever the
 training loss.
@@ -57,7 +63,7 @@ import torch.nn.functional as F
 from ffnet.fileio import atomic_output
 from torch import nn
 
-from .data import Prepared, gather_windows
+from .data import Prepared, cycle_gain, gather_windows
 
 LR_SCHEDULES = ("official", "type3", "type1", "onecycle", "cosine", "constant")
 _LOSS_FNS = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
@@ -87,6 +93,7 @@ class TrainConfig:
     val_stride: int = 1  # score every k-th validation window (the tuner's cheap validation); 1: all
     loss: str = "mse"  # training loss: mse | mae | huber (validation and metrics are always MSE / MAE)
     precision: str = "fp32"  # CPU training steps: fp32 | bf16 (autocast; needs native bf16, see accel)
+    ema: float | None = None  # per-step decay of an exponential moving average of the weights; None: off
 
 
 def training_loss(name: str):
@@ -207,6 +214,20 @@ def _autocast(device: torch.device, enabled: bool, precision: str = "fp32"):
     return torch.autocast("cuda", dtype=dtype)
 
 
+def cycle_forward(model: nn.Module, x: torch.Tensor, cx: torch.Tensor | None = None, cy: torch.Tensor | None = None,
+                  shrink: float | None = None) -> torch.Tensor:
+    """``model(x)``; with a window-amplitude cycle (``cx`` / ``cy``: the cycle at the window's lookback / forecast
+    rows) ``model(x - g cx) + g cy``, ``g = data.cycle_gain(x, cx, shrink)``: still a residual-series forecast."""
+    if cx is None:
+        return model(x)
+    g = cycle_gain(x.float(), cx, shrink)
+    return model(x - g * cx) + g * cy
+
+
+def _cycle_windows(crow: torch.Tensor | None, start: int, idx: torch.Tensor, lookback: int, horizon: int):
+    return (None, None) if crow is None else gather_windows(crow, start, idx, lookback, horizon)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_size: int = 512,
              device: torch.device | str = "cpu", amp: bool = False, return_predictions: bool = False,
@@ -221,6 +242,9 @@ def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_siz
     was_training = model.training
     model.eval()
     data = prep.data.to(device)
+    crow = prep.cycle_rows()  # window-amplitude cycle: its value at every row (None otherwise)
+    crow = None if crow is None else crow.to(device)
+    shrink = prep.cycle.shrink if prep.cycle is not None else None
     start, total = prep.borders[split][0], prep.windows(split)
     windows = torch.arange(0, total, max(int(stride), 1), device=device)
     n = len(windows)
@@ -230,8 +254,9 @@ def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_siz
     for i in range(0, n, batch_size):
         idx = windows[i:i + batch_size]
         x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
+        cx, cy = _cycle_windows(crow, start, idx, prep.lookback, prep.horizon)
         with _autocast(device, amp):
-            out = model(x)
+            out = cycle_forward(model, x, cx, cy, shrink)
         p, t = out.float()[..., out_idx], y[..., out_idx]
         sse += (p - t).pow(2).sum(dtype=torch.float64).item()
         sae += (p - t).abs().sum(dtype=torch.float64).item()
@@ -341,6 +366,11 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
     if info.world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.ema is not None and not 0.0 < cfg.ema < 1.0:
+        raise ConfigError(f"ema decay must be in (0, 1) (got {cfg.ema})")
+    # the module that is validated and kept: the raw weights, or their moving average
+    ema = copy.deepcopy(raw).requires_grad_(False) if cfg.ema is not None else None
+    scored = ema if ema is not None else raw
     amp = cfg.amp and device.type == "cuda"
     check_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
@@ -355,6 +385,10 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
             if st.get(key) != meta.get(key):
                 raise ConfigError(f"{last_path}: its {key} config differs from this run's; cannot resume")
         raw.load_state_dict(st["state_dict"])
+        if ema is not None:
+            if "ema_state_dict" not in st:
+                raise ConfigError(f"{last_path}: written without weight averaging (--ema); cannot resume with it")
+            ema.load_state_dict(st["ema_state_dict"])
         opt.load_state_dict(st["optimizer"])
         scaler.load_state_dict(st["scaler"])
         best_state = st["best_state_dict"]
@@ -367,6 +401,9 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         raise ConfigError(f"time budget must be positive (got {cfg.time_budget})")
 
     data = prep.data.to(device)
+    crow = prep.cycle_rows()  # window-amplitude cycle: its value at every row (None otherwise)
+    crow = None if crow is None else crow.to(device)
+    shrink = prep.cycle.shrink if prep.cycle is not None else None
     start, n = prep.borders["train"][0], prep.windows("train")
     per_rank = max(cfg.batch_size // info.world, 1)
     shard_len = math.ceil(n / info.world)
@@ -411,23 +448,29 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
                 group["lr"] = lr
             idx = perm[step * per_rank:(step + 1) * per_rank]
             x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
+            cx, cy = _cycle_windows(crow, start, idx, prep.lookback, prep.horizon)
             with _autocast(device, amp, cfg.precision):
-                out = model(x)
+                out = cycle_forward(model, x, cx, cy, shrink)
             loss = loss_fn(out.float()[..., out_idx], y[..., out_idx])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                _ema_update(ema, raw, cfg.ema, epoch * steps + step)
             loss_sum += loss.detach()
             bar.update(1)
             if step % 5 == 0 or step == steps - 1:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", best_val=f"{best_val:.4f}", refresh=False)
         if info.world > 1:
             _broadcast_buffers(raw)
+            if ema is not None:
+                for e, b in zip(ema.buffers(), raw.buffers()):
+                    e.copy_(b)
             dist.all_reduce(loss_sum)
             loss_sum /= info.world
         t_val = time.perf_counter()
-        val = evaluate(raw, prep, "val", batch_size=cfg.eval_batch_size, device=device, amp=amp,
+        val = evaluate(scored, prep, "val", batch_size=cfg.eval_batch_size, device=device, amp=amp,
                        stride=cfg.val_stride)
         t_end = time.perf_counter()
         seconds += t_end - t0
@@ -435,7 +478,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         improved = val["mse"] < best_val
         if improved:
             best_val, best_epoch, bad = val["mse"], epoch + 1, 0
-            best_state = copy.deepcopy(raw.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
             if best_path is not None and info.master:
                 save_atomic({"format": CHECKPOINT_FORMAT, **meta, "state_dict": best_state, "epoch": epoch + 1,
                              "val_mse": best_val, "val_mae": val["mae"]}, best_path)
@@ -450,7 +493,8 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
             save_atomic({"format": CHECKPOINT_FORMAT, **meta, "state_dict": raw.state_dict(),
                          "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
                          "epoch": epoch + 1, "best_val_mse": best_val, "best_epoch": best_epoch, "bad_epochs": bad,
-                         "best_state_dict": best_state, "history": history, "train_seconds": seconds}, last_path)
+                         "best_state_dict": best_state, "history": history, "train_seconds": seconds,
+                         **({"ema_state_dict": ema.state_dict()} if ema is not None else {})}, last_path)
         if info.master:
             bar.set_postfix(epoch=epoch + 1, loss=f"{rec['train_loss']:.4f}", val_mse=f"{val['mse']:.4f}",
                             best_val=f"{best_val:.4f}")
@@ -469,6 +513,16 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
     if info.world > 1:
         dist.barrier()
     return FitResult(best_val, best_epoch, len(history), seconds, stopped, history, reason)
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model for parameters (d warmed up from 0.1 towards ``decay``); buffers copied."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
 
 
 def _out_of_time(history: list[dict], seconds: float, budget: float, info: DistInfo, device: torch.device) -> bool:
