@@ -48,11 +48,20 @@ def run_dir(work: Path, ds: str, cycle: str, seed: int, precision: str) -> Path:
     return work / f"{ds}_{cycle}{'' if precision == 'fp32' else '_' + precision}_s{seed}"
 
 
+def cycle_flags(variant: str) -> list[str]:
+    """``auto`` / ``off`` / ``N`` -> ``--cycle`` (amplitude auto); ``auto-fixed`` / ``auto-window`` also pin
+    ``--cycle-amplitude``; a ``+ema<decay>`` suffix adds ``--ema <decay>`` (``auto+ema0.99``)."""
+    variant, _, ema = variant.partition("+ema")
+    mode, _, amplitude = variant.partition("-")
+    return (["--cycle", mode] + (["--cycle-amplitude", amplitude] if amplitude else [])
+            + (["--ema", ema] if ema else []))
+
+
 def run_one(work: Path, ds: str, cycle: str, seed: int, precision: str, threads: int) -> Path:
     d = run_dir(work, ds, cycle, seed, precision)
     if (d / "metrics.json").is_file():
         return d
-    cmd = ["ffnet-ts", "forecast", "--data", ds, "--horizon", str(H), "--cycle", cycle, "--seed", str(seed),
+    cmd = ["ffnet-ts", "forecast", "--data", ds, "--horizon", str(H), *cycle_flags(cycle), "--seed", str(seed),
            "--threads", str(threads), "--precision", precision, "--no-progress", "--out", str(d), "--force"]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -92,9 +101,13 @@ def rescore(d: Path, targets: np.ndarray) -> dict:
     err = fc - targets
     ref = e["reference"]
     wall = d / "wall_seconds.txt"
-    return {"run": d.name, "dataset": m["data"], "cycle_mode": e["cycle"]["mode"], "cycle_used": e["cycle"]["used"],
+    variant = d.name[len(m["data"]) + 1:].rsplit("_s", 1)[0].removesuffix("_bf16")  # the --cycles entry
+    amp = e["cycle"].get("amplitude", "fixed" if e["cycle"]["used"] else None)  # runs before amplitudes: fixed
+    return {"run": d.name, "dataset": m["data"], "cycle_mode": variant, "cycle_used": e["cycle"]["used"],
+            "amplitude": amp,
             "period": e["cycle"]["period"], "cycle_reason": e["cycle"]["reason"],
             "seed": e["train_config"]["seed"], "precision": e["train_config"].get("precision", "fp32"),
+            "ema": e["train_config"].get("ema"),
             "best_val_mse": e["best_val_mse"], "test_mse": float(np.mean(err ** 2)),
             "test_mae": float(np.mean(np.abs(err))), "metrics_json_mse": e["mse"],
             "epochs_run": e["epochs_run"], "best_epoch": e["best_epoch"], "stop_reason": e["stop_reason"],
@@ -104,12 +117,13 @@ def rescore(d: Path, targets: np.ndarray) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| data | --cycle | used (period) | seed | precision | best val MSE | test MSE / MAE (from forecasts_H96.npz)"
+    lines = ["| data | --cycle | used (period, amplitude) | seed | precision | best val MSE | test MSE / MAE (from forecasts_H96.npz)"
              " | epochs (best) | stopped by | train s | linear | linear + cycle | naive |",
              "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lc = "–" if r["linear_cycle_mse"] is None else f"{r['linear_cycle_mse']:.4f}"
-        lines.append(f"| {r['dataset']} | {r['cycle_mode']} | {'yes (' + str(r['period']) + ')' if r['cycle_used'] else 'no'}"
+        used = f"yes ({r['period']}, {r['amplitude']})" if r["cycle_used"] else "no"
+        lines.append(f"| {r['dataset']} | {r['cycle_mode']} | {used}"
                      f" | {r['seed']} | {r['precision']} | {r['best_val_mse']:.4f} | {r['test_mse']:.4f} / "
                      f"{r['test_mae']:.4f} | {r['epochs_run']} ({r['best_epoch']}) | {r['stop_reason'].replace('_', ' ')}"
                      f" | {r['train_seconds']:.0f} | {r['linear_mse']:.4f} | {lc} | {r['naive_mse']:.4f} |")
@@ -156,6 +170,9 @@ def write(rows: list[dict], out: Path) -> str:
 
 
 def closed_form(datasets, horizons) -> list[dict]:
+    """Per dataset and horizon: the reference linear map on the series, on the series minus the daily cycle
+    (fixed amplitude) and with the cycle scaled per window (window amplitude), validation and test MSE of
+    each, and what ``--cycle auto`` (amplitude auto) decides from the validation numbers alone."""
     from ffnet_ts import data as D
     from ffnet_ts import reference as R
 
@@ -164,16 +181,20 @@ def closed_form(datasets, horizons) -> list[dict]:
         series = D.load(ds)
         for h in horizons:
             prep = D.prepare(series, L, h)
-            resid, rec = R.choose_cycle(prep, "auto")
-            if resid is None:  # auto said no: fit the cycle anyway to show what it would have done
-                resid = R.choose_cycle(prep, rec["period"])[0] if rec["period"] else None
-            ref = R.reference_metrics(prep, "test", cycle_prep=resid)
-            lc = ref.get("linear_cycle")
-            rows.append({"dataset": ds, "horizon": h, "period": rec["period"], "auto_uses_cycle": rec["used"],
-                         "linear_val_mse": ref["linear"]["val_mse"], "linear_test_mse": ref["linear"]["mse"],
-                         "linear_cycle_val_mse": lc["val_mse"] if lc else None,
-                         "linear_cycle_test_mse": lc["mse"] if lc else None, "naive_test_mse": ref["naive"]["mse"]})
-            print(json.dumps(rows[-1]), flush=True)
+            _, rec = R.choose_cycle(prep, "auto")
+            row = {"dataset": ds, "horizon": h, "period": rec["period"], "auto_uses_cycle": rec["used"],
+                   "auto_amplitude": rec["amplitude"]}
+            ref = R.reference_metrics(prep, "test")
+            row.update(linear_val_mse=ref["linear"]["val_mse"], linear_test_mse=ref["linear"]["mse"],
+                       naive_test_mse=ref["naive"]["mse"])
+            for amp in D.AMPLITUDES:  # every amplitude, whatever auto chose, to show what the others would do
+                resid = R.choose_cycle(prep, rec["period"], amp)[0] if rec["period"] else None
+                lc = R.reference_metrics(prep, "test", cycle_prep=resid).get("linear_cycle") if resid else None
+                row[f"{amp}_val_mse"] = lc["val_mse"] if lc else None
+                row[f"{amp}_test_mse"] = lc["mse"] if lc else None
+            row["auto_test_mse"] = row[f"{rec['amplitude']}_test_mse"] if rec["used"] else row["linear_test_mse"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -198,15 +219,18 @@ def cycle_amplitude(ds: str) -> list[dict]:
 
 
 def closed_form_table(rows: list[dict]) -> str:
-    lines = ["| data | H | period | linear val / test MSE | linear + cycle val / test MSE | auto uses the cycle | "
-             "cycle on test |", "|---|---:|---:|---:|---:|---|---|"]
+    def pair(r, key):
+        return "–" if r[f"{key}_val_mse"] is None else f"{r[f'{key}_val_mse']:.4f} / {r[f'{key}_test_mse']:.4f}"
+
+    lines = ["| data | H | period | linear val / test MSE | + cycle, fixed amplitude: val / test | + cycle, window "
+             "amplitude: val / test | auto chooses (on val) | auto's test MSE vs linear |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        lc = (f"{r['linear_cycle_val_mse']:.4f} / {r['linear_cycle_test_mse']:.4f}"
-              if r["linear_cycle_val_mse"] is not None else "–")
-        eff = ("–" if r["linear_cycle_test_mse"] is None else
-               "helps" if r["linear_cycle_test_mse"] < r["linear_test_mse"] else "hurts")
-        lines.append(f"| {r['dataset']} | {r['horizon']} | {r['period']} | {r['linear_val_mse']:.4f} / "
-                     f"{r['linear_test_mse']:.4f} | {lc} | {'yes' if r['auto_uses_cycle'] else 'no'} | {eff} |")
+        choice = r["auto_amplitude"] if r["auto_uses_cycle"] else "no cycle"
+        eff = "better" if r["auto_test_mse"] < r["linear_test_mse"] else "worse" if r["auto_test_mse"] > r[
+            "linear_test_mse"] else "same"
+        lines.append(f"| {r['dataset']} | {r['horizon']} | {r['period']} | {pair(r, 'linear')} | {pair(r, 'fixed')} | "
+                     f"{pair(r, 'window')} | {choice} | {r['auto_test_mse']:.4f} ({eff}) |")
     return "\n".join(lines)
 
 
@@ -226,6 +250,7 @@ def main(argv=None) -> int:
     if args.closed_form:
         sys.path.insert(0, str(HERE))
         from _common import environment
+        from ffnet_ts.data import CYCLE_SHRINK
 
         rows = closed_form(list(FILES), [96, 192, 336, 720])
         amps = [r for ds in FILES for r in cycle_amplitude(ds)]
@@ -236,8 +261,10 @@ def main(argv=None) -> int:
         text = ("# Closed form: linear vs linear + daily cycle (lookback 96, every test window)\n\n"
                 "Generated by `benchmarks/timeseries_cycle.py --closed-form`. The reference linear map of "
                 "`ffnet_ts.reference` (shared across variables, ridge alpha chosen on validation), fitted on the "
-                "series and on the series minus its train-split daily cycle; `auto` keeps the cycle when its "
-                "validation MSE is lower. Test is reported, never used.\n\n" + closed_form_table(rows) + "\n\n"
+                "series, on the series minus its train-split daily cycle (fixed amplitude), and on windows whose "
+                f"cycle is scaled by the window's own amplitude shrunk halfway to the train split's (window "
+                f"amplitude, shrink {CYCLE_SHRINK:g}). `--cycle auto` takes whichever of the three has the lowest "
+                "validation MSE. Test is reported, never used.\n\n" + closed_form_table(rows) + "\n\n"
                 "How strong the daily cycle is in each split (a diagnostic computed on all splits; it chooses "
                 "nothing):\n\n" + amp_table + "\n")
         out = args.out.parent / (args.out.name + "_closed_form")

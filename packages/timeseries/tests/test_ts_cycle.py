@@ -76,7 +76,8 @@ def test_auto_decides_on_validation_only(etth1):
                                   borders=NoTest(train=prep.borders["train"], val=prep.borders["val"]))
     res, rec = R.choose_cycle(guarded, "auto")
     lin = rec["linear_val_mse"]
-    best = min(lin, key=lin.get)
+    se = rec["linear_val_se"]
+    best = next(k for k in ("off", "fixed", "window") if lin[k] - min(lin.values()) <= se[k])  # one-SE rule
     assert rec["period"] == 24 and rec["used"] == (best != "off") and set(lin) == {"off", "fixed", "window"}
     assert res is not None and rec["amplitude"] == best and res.cycle.amplitude == best
     assert lin["off"] == pytest.approx(R.fit_linear(prep).val_mse, rel=1e-12)  # same validation, full data

@@ -41,6 +41,23 @@ def test_gain_is_the_shrunk_least_squares_slope():
     assert torch.isfinite(flat).all() and flat.abs().max() == 0
 
 
+def test_one_standard_error_rule():
+    """Two blocks of two windows each; the standard error of a difference is |block diff 1 - block diff 2| / 2."""
+    base = np.array([1.0, 1.0, 1.0, 1.0])
+    # 'fixed' is 0.10 lower on average, with block differences -0.05 and -0.15: SE 0.05 -> the gap is real
+    errs = {"off": base, "fixed": base - np.array([0.05, 0.05, 0.15, 0.15]), "window": base - 0.11}
+    choice, mean, se = R.one_se_choice(errs, 2)
+    assert min(mean, key=mean.get) == "window" and se["window"] == 0
+    assert se["fixed"] == pytest.approx(0.05) and choice == "fixed"  # 0.01 behind window, within 0.05
+    assert se["off"] == pytest.approx(0.0) and mean["off"] - mean["window"] == pytest.approx(0.11)
+    # a clear winner is kept
+    choice, _, _ = R.one_se_choice({"off": base, "fixed": base - 0.5}, 2)
+    assert choice == "fixed"
+    # a noisy gain is not: block differences +0.2 and -0.4 (mean -0.1, SE 0.3)
+    choice, _, se = R.one_se_choice({"off": base, "fixed": base + np.array([0.2, 0.2, -0.4, -0.4])}, 2)
+    assert se["off"] == pytest.approx(0.3) and choice == "off"
+
+
 def _series(amplitude_of_row, n=2400, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(n)

@@ -100,6 +100,34 @@ def _scores(weight: np.ndarray, prep: Prepared, split: str, columns) -> tuple[fl
     return sse / count, sae / count
 
 
+def window_errors(weight: np.ndarray, prep: Prepared, split: str) -> np.ndarray:
+    """(windows,) MSE of each window of ``split`` (mean over the horizon and the scored columns)."""
+    L = prep.lookback
+    total = np.zeros(prep.windows(split))
+    for c in prep.out_idx:
+        w = _windows(prep, split, c)
+        total += np.square(w[:, :L] @ weight[:-1] + weight[-1] - w[:, L:]).mean(1)
+    return total / len(prep.out_idx)
+
+
+def one_se_choice(errors: dict[str, np.ndarray], n_blocks: int) -> tuple[str, dict, dict]:
+    """The one-standard-error rule: ``errors`` maps candidates, simplest first, to their per-window validation
+    errors (same windows). The lowest mean wins unless a simpler candidate is within one standard error of
+    it; the standard error of each difference comes from ``n_blocks`` contiguous blocks of windows (windows
+    that overlap are far from independent, so blocks about ``lookback + horizon`` windows long are the unit).
+    Returns ``(choice, {name: mean}, {name: standard error of its difference to the lowest})``."""
+    mean = {k: float(v.mean()) for k, v in errors.items()}
+    best = min(mean, key=mean.get)
+    n = len(errors[best])
+    blocks = np.array_split(np.arange(n), max(min(n_blocks, n), 1))
+    se = {}
+    for k, v in errors.items():
+        d = np.array([v[b].mean() - errors[best][b].mean() for b in blocks])
+        se[k] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    choice = next(k for k in errors if mean[k] - mean[best] <= se[k])
+    return choice, mean, se
+
+
 def fit_linear(prep: Prepared, alphas=RIDGE_ALPHAS) -> LinearBaseline:
     """Least squares / ridge on the train windows of every input variable; alpha chosen on validation MSE."""
     L, H = prep.lookback, prep.horizon
@@ -160,8 +188,11 @@ def choose_cycle(prep: Prepared, mode: str | int = "auto", amplitude: str = "aut
     step (``daily_period``: 24 for hourly data, 96 for 15 min, 7 for daily), used only when it lowers the
     closed-form linear map's **validation** MSE (float64 least squares, seconds; test is not read).
     ``amplitude``: ``"fixed"`` (the train split's cycle as it is), ``"window"`` (scaled per window,
-    ``data.cycle_gain`` with ``CYCLE_SHRINK``) or ``"auto"``: whichever gives the lower validation MSE of the
-    same closed-form map.
+    ``data.cycle_gain`` with ``CYCLE_SHRINK``) or ``"auto"``: both are candidates.
+
+    Among the candidates (no cycle, fixed, window: simplest first) the one-standard-error rule
+    (``one_se_choice``) picks on the validation windows: the lowest validation MSE of the closed-form map,
+    unless a simpler candidate is within one standard error of it.
 
     Raises:
         DataError: an explicit period that the train split cannot estimate (``fit_cycle``).
@@ -186,14 +217,21 @@ def choose_cycle(prep: Prepared, mode: str | int = "auto", amplitude: str = "aut
     if forced and len(cands) == 1:
         (a, resid), = cands.items()
         return resid, {**rec, "used": True, "amplitude": a, "reason": f"--cycle {mode}"}
-    val = {"off": None if forced else fit_linear(prep).val_mse, **{a: fit_linear(p).val_mse for a, p in cands.items()}}
-    rec["linear_val_mse"] = val
-    best = min((v, k) for k, v in val.items() if v is not None)[1]
+    # simplest first: no cycle, the fixed cycle, the window-scaled cycle
+    preps = ({} if forced else {"off": prep}) | cands
+    errors = {k: window_errors(fit_linear(p).weight, p, "val") for k, p in preps.items()}
+    a, b = prep.borders["val"]
+    n_blocks = max((b - a) // (prep.lookback + prep.horizon), 2)
+    best, val, se = one_se_choice(errors, n_blocks)
+    rec.update(linear_val_mse=val, linear_val_se=se, val_blocks=n_blocks)
+    lowest = min(val, key=val.get)
     why = "closed-form linear map's validation MSE " + ", ".join(
-        f"{v:.4f} {'without it' if k == 'off' else f'with it ({k} amplitude)'}" for k, v in val.items() if v is not None)
+        f"{val[k]:.4f}{'' if k == lowest else f' ± {se[k]:.4f}'} "
+        f"{'without it' if k == 'off' else f'with it ({k} amplitude)'}" for k in val) + (
+        "; the simplest within one standard error of the lowest" if best != lowest else "")
     if best == "off":
         return None, {**rec, "reason": why}
-    return cands[best], {**rec, "used": True, "amplitude": best, "reason": why}
+    return preps[best], {**rec, "used": True, "amplitude": best, "reason": why}
 
 
 def skill(mse: float, naive_mse: float) -> float:
