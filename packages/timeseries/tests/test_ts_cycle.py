@@ -14,8 +14,7 @@ from ffnet_ts import cli
 from ffnet_ts import data as D
 from ffnet_ts import reference as R
 from ffnet_ts.export import build_from_checkpoint, export_checkpoint
-from ffnet_ts.model import create_model
-from ffnet_ts.train import CHECKPOINT_FORMAT
+from ffnet_ts.testing import tiny_checkpoint
 
 L, H = 48, 24
 
@@ -167,12 +166,8 @@ def test_predict_and_onnx_add_the_cycle_back(etth1, data_dir, tmp_path, monkeypa
     monkeypatch.setenv("FFNET_CACHE_DIR", str(tmp_path / "cache"))
     prep = D.prepare(etth1, 32, 8)
     res = R.choose_cycle(prep, 24, "fixed")[0]
-    torch.manual_seed(0)
-    margs = {"n_vars": res.n_vars, "lookback": 32, "horizon": 8}
-    model = create_model("ffnet_ts_tiny", **margs).eval()
     ckpt = tmp_path / "c.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": {"name": "ffnet_ts_tiny", "args": margs},
-                "data": cli._data_meta(res), "state_dict": model.state_dict(), "epoch": 1, "val_mse": 0.5}, ckpt)
+    model = tiny_checkpoint(res, ckpt)
     csv = tmp_path / "recent.csv"
     pd.read_csv(etth1.source).iloc[1000:1100].to_csv(csv, index=False)  # ends at 2016-08-12 03:00
     df = pd.read_csv(csv, parse_dates=["date"])

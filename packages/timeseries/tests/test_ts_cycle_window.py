@@ -14,8 +14,7 @@ from ffnet_ts import cli
 from ffnet_ts import data as D
 from ffnet_ts import reference as R
 from ffnet_ts.export import build_from_checkpoint, export_checkpoint
-from ffnet_ts.model import create_model
-from ffnet_ts.train import CHECKPOINT_FORMAT
+from ffnet_ts.testing import tiny_checkpoint
 
 L, H = 48, 24
 
@@ -138,12 +137,8 @@ def test_predict_and_onnx_scale_the_cycle_per_window(data_dir, tmp_path, monkeyp
     prep = D.prepare(etth1, 32, 8)
     res = R.choose_cycle(prep, 24, "window")[0]
     assert res.cycle.shrink == D.CYCLE_SHRINK
-    torch.manual_seed(0)
-    margs = {"n_vars": res.n_vars, "lookback": 32, "horizon": 8}
-    model = create_model("ffnet_ts_tiny", **margs).eval()
     ckpt = tmp_path / "c.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": {"name": "ffnet_ts_tiny", "args": margs},
-                "data": cli._data_meta(res), "state_dict": model.state_dict(), "epoch": 1, "val_mse": 0.5}, ckpt)
+    model = tiny_checkpoint(res, ckpt)
     csv = tmp_path / "recent.csv"
     pd.read_csv(etth1.source).iloc[5000:5100].to_csv(csv, index=False)
     df = pd.read_csv(csv, parse_dates=["date"])

@@ -66,3 +66,19 @@ if __name__ == "__main__":
 
     if sys.argv[1:2] == ["ddp"]:
         ddp_worker(sys.argv[2], sys.argv[3])
+
+
+def tiny_checkpoint(prep, path: str | Path, seed: int = 0) -> nn.Module:
+    """Save an untrained ``ffnet_ts_tiny`` for ``prep`` (its data meta, cycle included) as a forecast checkpoint
+    at ``path``, as ``ffnet-ts forecast`` would; returns the model (eval mode)."""
+    from .cli import _data_meta
+    from .model import create_model
+    from .train import CHECKPOINT_FORMAT
+
+    torch.manual_seed(seed)
+    margs = {"n_vars": prep.n_vars, "lookback": prep.lookback, "horizon": prep.horizon}
+    model = create_model("ffnet_ts_tiny", **margs).eval()
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {"name": "ffnet_ts_tiny", "args": margs},
+                "data": _data_meta(prep), "state_dict": model.state_dict(), "epoch": 1, "val_mse": 0.5}, path)
+    return model
+
