@@ -120,3 +120,17 @@ def test_linear_beats_naive_on_a_smooth_series():
                                                           L + H)[:, L:] -
                  np.lib.stride_tricks.sliding_window_view(ms.data[ms.borders["test"][0]:, -1].double().numpy(),
                                                           L + H)[:, L - 1:L]) ** 2), rel=1e-9)
+
+
+def test_the_linear_fit_is_kept_per_prepared_series_and_not_shared_with_its_residual(small_csv):
+    prep = D.prepare(D.load(str(small_csv)), 48, 24)
+    first = R.fit_linear(prep)
+    assert R.fit_linear(prep) is first and prep.linear_fit is first
+    other_alphas = R.fit_linear(prep, alphas=(0.0,))  # not the default alphas: fitted afresh, cache untouched
+    assert other_alphas is not first and prep.linear_fit is first
+    resid = D.remove_cycle(prep, D.fit_cycle(prep, 24))
+    assert resid.linear_fit is None
+    fitted = R.fit_linear(resid)
+    assert fitted is not first and not np.allclose(fitted.weight, first.weight)
+    fresh = D.prepare(D.load(str(small_csv)), 48, 24)
+    np.testing.assert_array_equal(R.fit_linear(fresh).weight, first.weight)  # the cache changes no result

@@ -398,6 +398,9 @@ class Prepared:
     features: str
     series: Series
     cycle: Cycle | None = None  # set by ``remove_cycle``: ``data`` then holds the residual series
+    # reference.fit_linear's result with the default alphas, kept so that the cycle decision and the reference
+    # rows share one fit; init=False: dataclasses.replace (remove_cycle, ...) starts a new copy without it
+    linear_fit: object = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_vars(self) -> int:

@@ -129,7 +129,12 @@ def one_se_choice(errors: dict[str, np.ndarray], n_blocks: int) -> tuple[str, di
 
 
 def fit_linear(prep: Prepared, alphas=RIDGE_ALPHAS) -> LinearBaseline:
-    """Least squares / ridge on the train windows of every input variable; alpha chosen on validation MSE."""
+    """Least squares / ridge on the train windows of every input variable; alpha chosen on validation MSE.
+
+    With the default alphas the result is kept on ``prep`` (``Prepared.linear_fit``) and returned by later
+    calls, so the cycle decision and the reference rows fit each map once."""
+    if alphas == RIDGE_ALPHAS and prep.linear_fit is not None:
+        return prep.linear_fit
     L, H = prep.lookback, prep.horizon
     gram = np.zeros((L + 1, L + 1))
     cross = np.zeros((L + 1, H))
@@ -157,6 +162,8 @@ def fit_linear(prep: Prepared, alphas=RIDGE_ALPHAS) -> LinearBaseline:
         selection.append({"alpha": float(alpha), "val_mse": val_mse})
         if best is None or val_mse < best.val_mse:
             best = LinearBaseline(weight, float(alpha), val_mse, selection)
+    if alphas == RIDGE_ALPHAS:
+        prep.linear_fit = best
     return best
 
 
