@@ -104,6 +104,24 @@ def test_cli_writes_reference_rows_and_skill(small_csv, tmp_path, capsys):
     assert ref["linear"]["skill_vs_naive"] == pytest.approx(1 - ref["linear"]["mse"] / naive_mse, rel=1e-5)
     assert "naive (repeat last value)" in printed and "linear (closed form" in printed
     assert f"{ref['naive']['mse']:.4f}" in printed and f"{ref['linear']['mse']:.4f}" in printed
+    # the validation note appears exactly when a reference row is ahead of the model on validation
+    lin_val = min(r["val_mse"] for k, r in ref.items() if k in ("linear", "linear_cycle"))
+    note = [line for line in printed.splitlines() if line.startswith(f"note: H={H}:")]
+    assert len(note) == (1 if lin_val < m["best_val_mse"] else 0)
+
+
+def test_validation_note_names_the_better_reference_row():
+    def entry(model_val, lin_val, cyc_val=None, stride=1):
+        ref = {"naive": {"mse": 1.0}, "linear": {"val_mse": lin_val}}
+        if cyc_val is not None:
+            ref["linear_cycle"] = {"val_mse": cyc_val}
+        return {"best_val_mse": model_val, "reference": ref, "train_config": {"val_stride": stride}}
+
+    notes = cli._validation_notes("ffnet_ts", [(96, entry(0.6827, 0.6601, 0.6508)), (192, entry(0.5, 0.6, 0.7)),
+                                               (336, entry(0.9, 0.8, None, stride=3))])
+    assert len(notes) == 1  # H=192: the model is ahead; H=336: validation on every 3rd window only
+    assert notes[0].startswith("note: H=96: the closed-form linear + cycle map") and "(0.6508)" in notes[0]
+    assert "(0.6827)" in notes[0]
 
 
 def test_linear_beats_naive_on_a_smooth_series():
