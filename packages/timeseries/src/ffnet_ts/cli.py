@@ -160,7 +160,7 @@ def cmd_forecast(args) -> int:
     horizons = _parse_horizons(args.horizon, reg.horizons if reg else (96, 192, 336, 720))
     lookback = args.lookback or (reg.lookback if reg else 96)
     preps = {h: D.prepare(series, lookback, h, args.features) for h in horizons}  # all checks before any write
-    # the cycle decision reads train and validation only (a closed-form fit per horizon, about a second)
+    # the cycle decision reads train and validation only (up to 3 closed-form fits per horizon, seconds)
     cycles = {h: R.choose_cycle(p, cycle_mode, args.cycle_amplitude) for h, p in preps.items()}
     out = Path(args.out or Path("runs") / "ffnet-ts" / series.name)
     existing = _existing_outputs(out)
@@ -212,8 +212,8 @@ def cmd_forecast(args) -> int:
             cfg = T.TrainConfig(
                 epochs=cap, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
                 lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=args.seed, device=str(device),
-                loss=args.loss, precision=args.precision, ema=args.ema, amp=not args.no_amp, progress=not args.no_progress,
-                time_budget=share)
+                loss=args.loss, precision=args.precision, ema=args.ema, amp=not args.no_amp,
+                progress=not args.no_progress, time_budget=share)
             margs = _model_args(args, args.model, tprep, d)
             model = create_model(args.model, **margs)
             meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(tprep)}
@@ -540,12 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cycle", default="auto", metavar="auto|off|N",
                    help="remove a per-variable cycle fitted on the train split before the model, add it back after "
                         "(ours). auto (default): the daily cycle of the time step (hourly 24, 15 min 96, daily 7), "
-                        "kept only if it lowers the closed-form linear map's validation MSE; off: the paper's "
-                        "pipeline; N: a period of N rows")
+                        "kept when the closed-form linear map's validation MSE prefers it (one-standard-error rule); "
+                        "off: the paper's pipeline; N: a period of N rows")
     f.add_argument("--cycle-amplitude", default="auto", choices=["auto", "fixed", "window"],
                    help="fixed: the train split's cycle as it is; window: scaled per window by its own amplitude "
-                        "(shrunk halfway to the train split's); auto (default): the one with the lower closed-form "
-                        "linear validation MSE")
+                        "(shrunk halfway to the train split's); auto (default): decided with the cycle, by the "
+                        "one-standard-error rule on the closed-form linear map's validation MSE")
     f.add_argument("--seed", type=int, default=2021)
     f.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     f.add_argument("--threads", type=int, default=None,
