@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ffnet_ts import cli
 from ffnet_ts import data as D
 from ffnet_ts import train as T
 from ffnet_ts.model import create_model
@@ -92,3 +93,11 @@ def test_bad_decay_and_mismatched_resume_are_refused(prep, tmp_path):
     T.fit(_model(prep), prep, _cfg(), meta=meta, last_path=tmp_path / "plain.pt")
     with pytest.raises(T.ConfigError, match="without weight averaging"):
         T.fit(_model(prep), prep, _cfg(epochs=2, ema=0.9), meta=meta, last_path=tmp_path / "plain.pt", resume=True)
+
+
+@pytest.mark.parametrize("text", ["1", "0", "-0.5", "2"])
+def test_cli_bad_ema_is_one_line_before_any_work(small_csv, tmp_path, capsys, text):
+    assert cli.main(["forecast", "--data", str(small_csv), "--ema", text, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --ema") and not (tmp_path / "o").exists()
+

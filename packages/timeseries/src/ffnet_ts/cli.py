@@ -140,6 +140,8 @@ def cmd_forecast(args) -> int:
     for name, v in (("--time-budget", args.time_budget), ("--tune", args.tune)):
         if v is not None and v <= 0 and not (name == "--tune" and v == TUNE_DEFAULT):
             raise UsageError(f"{name} must be a positive number of minutes (got {v:g})")
+    if args.ema is not None and not 0.0 < args.ema < 1.0:
+        raise UsageError(f"--ema must be a per-step decay in (0, 1), e.g. 0.99 (got {args.ema:g})")
     tuning = args.tune is not None
     if tuning and not args.model.startswith("ffnet_ts"):
         raise UsageError(f"--tune searches FFNet-TS settings; it does not apply to --model {args.model}")
