@@ -101,3 +101,23 @@ def test_cli_bad_ema_is_one_line_before_any_work(small_csv, tmp_path, capsys, te
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --ema") and not (tmp_path / "o").exists()
 
+
+def test_tune_passes_the_averaging_on_to_every_candidate(small_csv, tmp_path, monkeypatch):
+    from ffnet_ts import tune as TU
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_tune(view, build, base, base_cfg, **kw):
+        seen["cfg"] = base_cfg
+        raise Stop
+
+    monkeypatch.setattr(TU, "tune", fake_tune)
+    with pytest.raises(Stop):
+        cli.main(["forecast", "--data", str(small_csv), "--lookback", "48", "--horizon", "24", "--tune", "0.1",
+                  "--ema", "0.95", "--no-progress",
+                  "--out", str(tmp_path / "o")])
+    assert seen["cfg"].ema == 0.95
+

@@ -311,8 +311,8 @@ def _tune_horizon(args, prep, out: Path, h: int, share: float, cap: int, device)
         return create_model(args.model, **margs), margs
 
     base_cfg = T.TrainConfig(epochs=cap, patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed,
-                             device=str(device), loss=args.loss, precision=args.precision, amp=not args.no_amp,
-                             progress=False)
+                             device=str(device), loss=args.loss, precision=args.precision, ema=args.ema,
+                             amp=not args.no_amp, progress=False)
     return TU.tune(TU.search_view(prep), build, base, base_cfg, budget_s=share, out_dir=tdir,
                    model_name=args.model, data_meta=_data_meta(prep), space=space, seed=args.seed,
                    max_epochs=cap, resume=resume)
