@@ -192,8 +192,9 @@ def choose_cycle(prep: Prepared, mode: str | int = "auto", amplitude: str = "aut
     """Decide on validation whether and how to remove a cycle: ``(residual prep or None, decision record)``.
 
     ``mode``: ``"off"``; a period in rows (always used); or ``"auto"``: the daily cycle of the series' time
-    step (``daily_period``: 24 for hourly data, 96 for 15 min, 7 for daily), used only when it lowers the
-    closed-form linear map's **validation** MSE (float64 least squares, seconds; test is not read).
+    step (``daily_period``: 24 for hourly data, 96 for 15 min, 7 for daily), used only when the closed-form
+    linear map's **validation** MSE prefers it by the rule below (float64 least squares, seconds; test is not
+    read).
     ``amplitude``: ``"fixed"`` (the train split's cycle as it is), ``"window"`` (scaled per window,
     ``data.cycle_gain`` with ``CYCLE_SHRINK``) or ``"auto"``: both are candidates.
 
