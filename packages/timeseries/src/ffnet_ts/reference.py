@@ -88,16 +88,22 @@ class LinearBaseline:
         return x @ self.weight[:-1] + self.weight[-1]
 
 
-def _scores(weight: np.ndarray, prep: Prepared, split: str, columns) -> tuple[float, float]:
+def _scores_many(weights: list[np.ndarray], prep: Prepared, split: str, columns) -> list[tuple[float, float]]:
+    """(MSE, MAE) of each weight over ``split``; each column's windows are built once for all the weights."""
     L = prep.lookback
-    sse = sae = 0.0
+    sse, sae = [0.0] * len(weights), [0.0] * len(weights)
     for c in columns:
         w = _windows(prep, split, c)
-        err = w[:, :L] @ weight[:-1] + weight[-1] - w[:, L:]
-        sse += float(np.square(err).sum())
-        sae += float(np.abs(err).sum())
+        for i, weight in enumerate(weights):
+            err = w[:, :L] @ weight[:-1] + weight[-1] - w[:, L:]
+            sse[i] += float(np.square(err).sum())
+            sae[i] += float(np.abs(err).sum())
     count = prep.windows(split) * prep.horizon * len(columns)
-    return sse / count, sae / count
+    return [(a / count, b / count) for a, b in zip(sse, sae)]
+
+
+def _scores(weight: np.ndarray, prep: Prepared, split: str, columns) -> tuple[float, float]:
+    return _scores_many([weight], prep, split, columns)[0]
 
 
 def window_errors(weight: np.ndarray, prep: Prepared, split: str) -> np.ndarray:
@@ -152,13 +158,12 @@ def fit_linear(prep: Prepared, alphas=RIDGE_ALPHAS) -> LinearBaseline:
         rows += len(w)
     penalty = np.eye(L + 1)
     penalty[L, L] = 0.0  # the intercept is not shrunk
+    weights = [np.linalg.lstsq(gram, cross, rcond=None)[0] if alpha == 0 else
+               np.linalg.solve(gram + alpha * rows * penalty, cross) for alpha in alphas]
+    # one pass over the validation windows scores every alpha (a window-amplitude cycle makes them costly)
+    val_scores = _scores_many(weights, prep, "val", prep.out_idx)
     best, selection = None, []
-    for alpha in alphas:
-        if alpha == 0:
-            weight = np.linalg.lstsq(gram, cross, rcond=None)[0]
-        else:
-            weight = np.linalg.solve(gram + alpha * rows * penalty, cross)
-        val_mse = _scores(weight, prep, "val", prep.out_idx)[0]
+    for alpha, weight, (val_mse, _) in zip(alphas, weights, val_scores):
         selection.append({"alpha": float(alpha), "val_mse": val_mse})
         if best is None or val_mse < best.val_mse:
             best = LinearBaseline(weight, float(alpha), val_mse, selection)
