@@ -224,6 +224,12 @@ def cycle_forward(model: nn.Module, x: torch.Tensor, cx: torch.Tensor | None = N
     return model(x - g * cx) + g * cy
 
 
+def _cycle_rows(prep: Prepared, device: torch.device) -> tuple[torch.Tensor | None, float | None]:
+    """(the window-amplitude cycle's value at every row on ``device``, its shrink), or (None, None)."""
+    crow = prep.cycle_rows()
+    return (None, None) if crow is None else (crow.to(device), prep.cycle.shrink)
+
+
 def _cycle_windows(crow: torch.Tensor | None, start: int, idx: torch.Tensor, lookback: int, horizon: int):
     return (None, None) if crow is None else gather_windows(crow, start, idx, lookback, horizon)
 
@@ -242,9 +248,7 @@ def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_siz
     was_training = model.training
     model.eval()
     data = prep.data.to(device)
-    crow = prep.cycle_rows()  # window-amplitude cycle: its value at every row (None otherwise)
-    crow = None if crow is None else crow.to(device)
-    shrink = prep.cycle.shrink if prep.cycle is not None else None
+    crow, shrink = _cycle_rows(prep, device)
     start, total = prep.borders[split][0], prep.windows(split)
     windows = torch.arange(0, total, max(int(stride), 1), device=device)
     n = len(windows)
@@ -401,9 +405,7 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         raise ConfigError(f"time budget must be positive (got {cfg.time_budget})")
 
     data = prep.data.to(device)
-    crow = prep.cycle_rows()  # window-amplitude cycle: its value at every row (None otherwise)
-    crow = None if crow is None else crow.to(device)
-    shrink = prep.cycle.shrink if prep.cycle is not None else None
+    crow, shrink = _cycle_rows(prep, device)
     start, n = prep.borders["train"][0], prep.windows("train")
     per_rank = max(cfg.batch_size // info.world, 1)
     shard_len = math.ceil(n / info.world)
