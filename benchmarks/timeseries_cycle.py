@@ -54,11 +54,19 @@ def run_dir(work: Path, ds: str, cycle: str, seed: int, precision: str) -> Path:
 
 def cycle_flags(variant: str) -> list[str]:
     """``auto`` / ``off`` / ``N`` -> ``--cycle`` (amplitude auto); ``auto-fixed`` / ``auto-window`` also pin
-    ``--cycle-amplitude``; a ``+ema<decay>`` suffix adds ``--ema <decay>`` (``auto+ema0.99``)."""
-    variant, _, ema = variant.partition("+ema")
-    mode, _, amplitude = variant.partition("-")
-    return (["--cycle", mode] + (["--cycle-amplitude", amplitude] if amplitude else [])
-            + (["--ema", ema] if ema else []))
+    ``--cycle-amplitude``; a ``+ema<decay>`` suffix adds ``--ema <decay>`` (``auto+ema0.99``), a ``+m<N>``
+    suffix ``--members N`` (``auto+m1``: a single model)."""
+    base, *extras = variant.split("+")
+    mode, _, amplitude = base.partition("-")
+    flags = ["--cycle", mode] + (["--cycle-amplitude", amplitude] if amplitude else [])
+    for e in extras:
+        if e.startswith("ema"):
+            flags += ["--ema", e[3:]]
+        elif e.startswith("m"):
+            flags += ["--members", e[1:]]
+        else:
+            raise SystemExit(f"unknown variant suffix +{e} in {variant!r} (known: +ema<decay>, +m<N>)")
+    return flags
 
 
 def run_one(work: Path, ds: str, cycle: str, seed: int, precision: str, threads: int) -> Path:
@@ -111,7 +119,8 @@ def rescore(d: Path, targets: np.ndarray) -> dict:
             "amplitude": amp,
             "period": e["cycle"]["period"], "cycle_reason": e["cycle"]["reason"],
             "seed": e["train_config"]["seed"], "precision": e["train_config"].get("precision", "fp32"),
-            "ema": e["train_config"].get("ema"),
+            "ema": e["train_config"].get("ema"), "members": len(e.get("members") or [None]),
+            "member_test_mse": [m["test_mse"] for m in e.get("members") or []],
             "best_val_mse": e["best_val_mse"], "test_mse": float(np.mean(err ** 2)),
             "test_mae": float(np.mean(np.abs(err))), "metrics_json_mse": e["mse"],
             "epochs_run": e["epochs_run"], "best_epoch": e["best_epoch"], "stop_reason": e["stop_reason"],
@@ -121,14 +130,14 @@ def rescore(d: Path, targets: np.ndarray) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| data | --cycle | used (period, amplitude) | seed | precision | best val MSE | test MSE / MAE (from forecasts_H96.npz)"
-             " | epochs (best) | stopped by | train s | linear | linear + cycle | naive |",
-             "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| data | --cycle | used (period, amplitude) | seed | precision | members | best val MSE | test MSE / MAE "
+             "(from forecasts_H96.npz) | epochs (best) | stopped by | train s | linear | linear + cycle | naive |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lc = "–" if r["linear_cycle_mse"] is None else f"{r['linear_cycle_mse']:.4f}"
         used = f"yes ({r['period']}, {r['amplitude']})" if r["cycle_used"] else "no"
         lines.append(f"| {r['dataset']} | {r['cycle_mode']} | {used}"
-                     f" | {r['seed']} | {r['precision']} | {r['best_val_mse']:.4f} | {r['test_mse']:.4f} / "
+                     f" | {r['seed']} | {r['precision']} | {r.get('members', 1)} | {r['best_val_mse']:.4f} | {r['test_mse']:.4f} / "
                      f"{r['test_mae']:.4f} | {r['epochs_run']} ({r['best_epoch']}) | {r['stop_reason'].replace('_', ' ')}"
                      f" | {r['train_seconds']:.0f} | {r['linear_mse']:.4f} | {lc} | {r['naive_mse']:.4f} |")
     groups: dict = {}
@@ -168,7 +177,9 @@ def write(rows: list[dict], out: Path) -> str:
             "cycle; their directories were renamed); the ETTm1 `auto-window` run was made as `--cycle auto` "
             "while auto still took the plain validation minimum (it chose the window amplitude; today's "
             "one-standard-error rule picks fixed for ETTm1). The `command` in each run's metrics.json is the "
-            "command actually run.\n\n" + table(rows) + "\n")
+            "command actually run. `members`: how many models the run averaged (`--members`, session 20; the "
+            "runs before it are single models); with several, best val MSE is the average's and epochs (best) "
+            "the first member's.\n\n" + table(rows) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, payload in ((out.with_suffix(".json"), json.dumps({"env": environment(), "rows": rows}, indent=2)),
                           (out.with_suffix(".md"), text)):

@@ -25,7 +25,7 @@ DEFAULT_LR = 1e-4
 DEFAULT_BATCH = 128
 DEFAULT_SCHEDULE = "type3"
 OUTPUT_PATTERNS = ("metrics.json", "checkpoint_H*.pt", "resume_H*.pt", "forecasts_H*.npz", "forecast_H*.png",
-                   "tune_H*")
+                   "tune_H*", "member*_H*.pt", "resume_member*_H*.pt", "members_H*.json")
 
 
 class UsageError(ValueError):
@@ -129,7 +129,7 @@ def cmd_forecast(args) -> int:
     from . import reference as R
     from . import train as T
     from . import tune as TU
-    from .model import create_model, dataset_defaults, list_models
+    from .model import dataset_defaults, list_models
 
     if args.model not in list_models():
         raise UsageError(f"unknown --model {args.model!r}; choose from {', '.join(list_models())}")
@@ -145,6 +145,9 @@ def cmd_forecast(args) -> int:
     tuning = args.tune is not None
     if tuning and not args.model.startswith("ffnet_ts"):
         raise UsageError(f"--tune searches FFNet-TS settings; it does not apply to --model {args.model}")
+    members_requested = _parse_members(args.members)
+    if tuning and (members_requested or 1) > 1:
+        raise UsageError("--tune trains one model with the chosen settings; leave --members at auto or 1")
     cap, budget_s = _budget(args)
     cycle_mode = _parse_cycle(args.cycle)
     torch.set_num_threads(args.threads or _default_threads(torch.get_num_threads()))
@@ -202,7 +205,7 @@ def cmd_forecast(args) -> int:
         # unused time on to the longer horizons)
         share = None if budget_s is None else max(budget_s - spent, 1.0) / (len(horizons) - i)
         torch.manual_seed(args.seed)
-        search = None
+        search, members = None, []
         if tuning:
             search = _tune_horizon(args, tprep, out, h, share, cap, device)
             model, margs, res, cfg = search.model, search.model_args, search.fit, search.train_config
@@ -211,25 +214,16 @@ def cmd_forecast(args) -> int:
             spent += search.state["elapsed_s"]
         else:
             d = dataset_defaults(series.name if reg else None, h)
-            cfg = T.TrainConfig(
-                epochs=cap, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
-                lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=args.seed, device=str(device),
-                loss=args.loss, precision=args.precision, ema=args.ema, amp=not args.no_amp,
-                progress=not args.no_progress, time_budget=share)
             margs = _model_args(args, args.model, tprep, d)
-            model = create_model(args.model, **margs)
-            meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(tprep)}
-            resume = args.resume and (out / f"resume_H{h}.pt").is_file()
-            res = T.fit(model, tprep, cfg, meta=meta, best_path=out / f"checkpoint_H{h}.pt",
-                        last_path=out / f"resume_H{h}.pt", resume=resume, desc=f"{series.name} H={h}")
+            model, cfg, res, members = _train_members(args, tprep, out, h, share, cap, device, info, margs,
+                                                      f"{series.name} H={h}")
             spent += res.train_seconds
         # the test split is scored here, once, after training (and any search) has finished
-        test = T.evaluate(model, tprep, "test", batch_size=cfg.eval_batch_size, device=device,
-                          return_predictions=True)
-        # what forecasts_H<h>.npz holds (the cycle added back, float32), scored against the standardized series
-        forecasts = D.add_cycle(tprep, "test", test["predictions"])
-        err = forecasts.astype(np.float64) - prep.targets("test")
-        test["mse"], test["mae"] = float(np.square(err).mean()), float(np.abs(err).mean())
+        test, forecasts = _score_test(model, prep, tprep, cfg.eval_batch_size, device)
+        if search is None and len(members) > 1:  # each member's own test score, for the record (nothing is chosen)
+            for rec, m in zip(members, model.members):
+                t, _ = _score_test(m, prep, tprep, cfg.eval_batch_size, device)
+                rec["test_mse"], rec["test_mae"] = t["mse"], t["mae"]
         ref = R.reference_metrics(prep, "test", cycle_prep=cprep) if info.master else None
         params = sum(p.numel() for p in model.parameters()) + (cprep.cycle.table.size if cprep is not None else 0)
         entry = {
@@ -243,6 +237,8 @@ def cmd_forecast(args) -> int:
                                                           "epoch_windows", "val_stride")},
             "model_args": margs,
         }
+        if search is None and len(members) > 1:
+            entry["members"] = members
         if ref is not None:
             entry["skill_vs_naive"] = R.skill(test["mse"], ref["naive"]["mse"])
             entry["reference"] = ref
@@ -276,13 +272,146 @@ def cmd_forecast(args) -> int:
         print(f"\n{args.model} on {series.name} (features {args.features}, lookback {lookback}, {budget_text}; "
               f"standardized test metrics, every window scored; reference rows on the same windows)")
         print(_forecast_table(args.model, rows))
-        for line in _validation_notes(args.model, rows):
+        for line in _member_lines(rows) + _validation_notes(args.model, rows):
             print(line)
         print(f"\nwrote {metrics_path} and checkpoints, forecasts, plots in {out}/")
     return 0
 
 
+def _score_test(model, prep, tprep, batch_size: int, device):
+    """(evaluate's test record with MSE / MAE of the written forecasts, the forecasts): the model forecasts
+    ``tprep`` (the series, or it minus the cycle); what forecasts_H<h>.npz holds (the cycle added back,
+    float32) is scored against the standardized series ``prep``."""
+    import numpy as np
+
+    from . import data as D
+    from . import train as T
+
+    t = T.evaluate(model, tprep, "test", batch_size=batch_size, device=device, return_predictions=True)
+    fc = D.add_cycle(tprep, "test", t["predictions"])
+    err = fc.astype(np.float64) - prep.targets("test")
+    t["mse"], t["mae"] = float(np.square(err).mean()), float(np.abs(err).mean())
+    return t, fc
+
+
 TUNE_DEFAULT = -1.0  # `--tune` without minutes: use --time-budget or the default budget
+MAX_MEMBERS = 5  # `--members auto`: at most this many
+MEMBER_MARGIN = 1.1  # `--members auto` starts another member when the budget left covers the slowest one x this
+
+
+def _parse_members(text: str) -> int | None:
+    """``--members``: ``auto`` -> None, else a positive count."""
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--members must be 'auto' or a positive count (got {text!r})")
+    return n
+
+
+def _another_member(seconds: list[float], left: float | None, requested: int | None, world: int) -> bool:
+    """Whether to train one more ensemble member after ``len(seconds)`` members took ``seconds`` each.
+
+    ``requested``: exactly that many. ``auto`` (None): while the training budget ``left`` for this horizon
+    covers the slowest member so far (x MEMBER_MARGIN), up to MAX_MEMBERS; never without a time budget
+    (``--epochs N`` alone keeps a fixed recipe a single model) or under torchrun (the ranks' clocks differ)."""
+    if requested is not None:
+        return len(seconds) < requested
+    if left is None or world > 1 or len(seconds) >= MAX_MEMBERS:
+        return False
+    return left >= MEMBER_MARGIN * max(seconds)
+
+
+def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int, device, info, margs: dict,
+                   desc: str):
+    """Train ``--members`` forecasters (seeds ``--seed``, ``--seed`` + 1, ...) one after another on ``prep``.
+
+    Returns ``(model, cfg, summary FitResult, member records)``. One member is exactly the single-model run
+    (same seed, files ``checkpoint_H<h>.pt`` / ``resume_H<h>.pt``). With more, each member's best weights
+    are also kept in ``member<k>_H<h>.pt``, finished members are listed in ``members_H<h>.json`` (what
+    ``--resume`` skips), and ``checkpoint_H<h>.pt`` finally holds the :class:`~ffnet_ts.model.MeanEnsemble`.
+    """
+    import shutil
+
+    import torch
+    from ffnet.fileio import atomic_write_bytes
+
+    from . import train as T
+    from .model import ENSEMBLE, create_model
+
+    requested = _parse_members(args.members)
+    state_path = out / f"members_H{h}.json"
+    done = json.loads(state_path.read_text())["members"] if args.resume and state_path.is_file() else []
+    models = []
+    for rec in done:
+        m = create_model(args.model, **margs)
+        m.load_state_dict(T.load_checkpoint(out / rec["checkpoint"])["state_dict"])
+        models.append(m.to(device))
+    meta = {"model": {"name": args.model, "args": margs}, "data": _data_meta(prep)}
+
+    def config(seed: int, budget: float | None) -> T.TrainConfig:
+        return T.TrainConfig(
+            epochs=cap, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
+            lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=seed, device=str(device),
+            loss=args.loss, precision=args.precision, ema=args.ema, amp=not args.no_amp,
+            progress=not args.no_progress, time_budget=budget)
+
+    spent = sum(r["train_seconds"] for r in done)
+    first = None
+    while not done or _another_member([r["train_seconds"] for r in done],
+                                      None if share is None else share - spent, requested, info.world):
+        k = len(done)
+        left = None if share is None else max(share - spent, 1.0)
+        budget = left if left is None or requested is None else left / (requested - k)
+        seed = args.seed + k
+        if k == 1 and done[0]["checkpoint"] != f"member0_H{h}.pt":
+            # the first member becomes one of several: keep its weights under its member name, and list it
+            done[0]["checkpoint"] = f"member0_H{h}.pt"
+            if info.master:
+                shutil.copyfile(out / f"checkpoint_H{h}.pt", out / f"member0_H{h}.pt")
+                atomic_write_bytes(state_path, (json.dumps({"members": done}, indent=2) + "\n").encode())
+        if k >= 1 and info.master:
+            print(f"H={h}: training ensemble member {k + 1} (seed {seed})"
+                  + ("" if left is None else f", {left / 60:.1f} min of the budget left") + "; "
+                  + ("--members " + str(requested) if requested else
+                     f"--members auto: the slowest member so far took {max(r['train_seconds'] for r in done) / 60:.1f}"
+                     " min"), file=sys.stderr)
+        cfg = config(seed, budget)
+        torch.manual_seed(seed)
+        model = create_model(args.model, **margs)
+        best, last = ((out / f"checkpoint_H{h}.pt", out / f"resume_H{h}.pt") if k == 0 else
+                      (out / f"member{k}_H{h}.pt", out / f"resume_member{k}_H{h}.pt"))
+        res = T.fit(model, prep, cfg, meta=meta, best_path=best, last_path=last,
+                    resume=args.resume and last.is_file(), desc=desc if k == 0 else f"{desc} member {k + 1}")
+        first = first or res
+        spent += res.train_seconds
+        done.append({"member": k, "seed": seed, "checkpoint": best.name, "best_val_mse": res.best_val_mse,
+                     "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stop_reason": res.stop_reason,
+                     "train_seconds": round(res.train_seconds, 2)})
+        models.append(model)
+        if k >= 1 and info.master:
+            atomic_write_bytes(state_path, (json.dumps({"members": done}, indent=2) + "\n").encode())
+    cfg = config(args.seed, share)
+    head = first or T.FitResult(done[0]["best_val_mse"], done[0]["best_epoch"], done[0]["epochs_run"],
+                                done[0]["train_seconds"], done[0]["stop_reason"] == "early_stopping", [],
+                                done[0]["stop_reason"])
+    if len(models) == 1:
+        return models[0], cfg, head, done
+    ens = create_model(ENSEMBLE, member=args.model, n=len(models), **margs)
+    for slot, m in zip(ens.members, models):
+        slot.load_state_dict(m.state_dict())
+    ens.to(device)
+    val = T.evaluate(ens, prep, "val", batch_size=cfg.eval_batch_size, device=device)
+    if info.master:
+        T.save_atomic({"format": T.CHECKPOINT_FORMAT, "model": {"name": ENSEMBLE, "args": {
+            "member": args.model, "n": len(models), **margs}}, "data": meta["data"], "state_dict": ens.state_dict(),
+            "val_mse": val["mse"], "val_mae": val["mae"], "members": done}, out / f"checkpoint_H{h}.pt")
+    summary = T.FitResult(val["mse"], head.best_epoch, head.epochs_run, sum(r["train_seconds"] for r in done),
+                          head.stopped_early, [], head.stop_reason)
+    return ens, cfg, summary, done
 
 
 def _tune_horizon(args, prep, out: Path, h: int, share: float, cap: int, device):
@@ -323,7 +452,8 @@ def _forecast_table(model: str, rows: list) -> str:
              "stopped by |",
              "|--------:|:------|-------:|-------:|------:|------:|------:|------:|------:|:------|"]
     for h, e in rows:
-        lines.append(f"| {h:7d} | {model} | {e['mse']:.4f} | {e['mae']:.4f} | {e.get('skill_vs_naive', float('nan')):+.3f} "
+        name = f"{model} (mean of {len(e['members'])})" if e.get("members") else model
+        lines.append(f"| {h:7d} | {name} | {e['mse']:.4f} | {e['mae']:.4f} | {e.get('skill_vs_naive', float('nan')):+.3f} "
                      f"| {e['test_windows']} | {e['train_seconds']:.1f} | {e['params']} | "
                      f"{e['epochs_run']} ({e['best_epoch']}) | {e['stop_reason'].replace('_', ' ')} |")
         ref = e.get("reference")
@@ -341,6 +471,19 @@ def _forecast_table(model: str, rows: list) -> str:
                              f"{lc['ridge_alpha']:g}) | {lc['mse']:.4f} | {lc['mae']:.4f} | "
                              f"{lc['skill_vs_naive']:+.3f} | {lc['windows']} | - | {lc['params']} | - | - |")
     return "\n".join(lines)
+
+
+def _member_lines(rows: list) -> list[str]:
+    """Per horizon with an ensemble: each member's validation and test MSE next to the average's."""
+    lines = []
+    for h, e in rows:
+        ms = e.get("members")
+        if ms:
+            each = ", ".join(f"seed {m['seed']} {m['best_val_mse']:.4f} / {m['test_mse']:.4f}" for m in ms)
+            lines.append(f"H={h}: mean of {len(ms)} members, val / test MSE {e['best_val_mse']:.4f} / {e['mse']:.4f}; "
+                         f"members: {each}; epochs (best) and train s in the table are the first member's and "
+                         f"all members' together")
+    return lines
 
 
 def _validation_notes(model: str, rows: list) -> list[str]:
@@ -538,6 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "reported metrics are MSE / MAE whatever is chosen")
     f.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights (per-step decay, e.g. 0.99)")
+    f.add_argument("--members", default="auto", metavar="auto|N",
+                   help="train N models (seeds --seed, --seed + 1, ...) and average their forecasts (ours). auto "
+                        "(default): after the first, another member while the horizon's time budget left covers "
+                        f"the slowest one so far, up to {MAX_MEMBERS}; a single model when --epochs is given alone, "
+                        "with --tune, or under torchrun")
     f.add_argument("--dropout", type=float, default=None, help="channel-mixer dropout (default: per dataset)")
     f.add_argument("--cycle", default="auto", metavar="auto|off|N",
                    help="remove a per-variable cycle fitted on the train split before the model, add it back after "

@@ -400,16 +400,46 @@ _FACTORIES = {
 }
 
 
+class MeanEnsemble(nn.Module):
+    """Ours: ``n`` independently trained forecasters of one kind, their forecasts averaged.
+
+    ``ffnet-ts forecast --members`` trains the members one after another (seeds ``seed``, ``seed + 1``, ...) and
+    saves them as one model, so ``predict``, ``export --onnx`` and ``evaluate`` treat an ensemble like any
+    other forecaster. Averaging cannot raise the squared error above the members' mean (Jensen), on any split.
+    """
+
+    def __init__(self, member: str = "ffnet_ts", n: int = 2, **member_args):
+        super().__init__()
+        if member == ENSEMBLE or member not in _FACTORIES:
+            raise ValueError(f"an ensemble's members must be a registered forecaster, not {member!r}")
+        if n < 1:
+            raise ValueError(f"an ensemble needs at least one member (got {n})")
+        self.member = member
+        self.members = nn.ModuleList(_FACTORIES[member](**member_args) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.members[0](x)
+        for m in self.members[1:]:
+            y = y + m(x)
+        return y / len(self.members)
+
+
+ENSEMBLE = "ensemble"  # the checkpoint name of a MeanEnsemble: args {"member": name, "n": count, **member args}
+
+
 def list_models() -> list[str]:
+    """The forecasters ``--model`` accepts (an ensemble is built with ``--members``, not named)."""
     return sorted(_FACTORIES)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered forecaster: ``ffnet_ts``, ``ffnet_ts_lb``, ``ffnet_ts_tiny``, ``dlinear``, ``patchtst``,
-    ``itransformer``.
+    ``itransformer``; or ``ensemble`` (:class:`MeanEnsemble`, args ``member``, ``n`` and the member's own).
 
     All take ``n_vars``, ``lookback`` and ``horizon``; the remaining kwargs are the model's own.
     """
+    if name == ENSEMBLE:
+        return MeanEnsemble(**kwargs)
     if name not in _FACTORIES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _FACTORIES[name](**kwargs)
