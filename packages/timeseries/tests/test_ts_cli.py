@@ -182,8 +182,8 @@ def test_time_budget_is_shared_by_the_horizons(small_csv, tmp_path, monkeypatch)
 
     monkeypatch.setattr(T, "fit", spy)
     assert cli.main(["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", "48",
-                     "--horizon", "12,24,36", "--time-budget", "1", "--epochs", "1", "--no-progress",
-                     "--out", str(tmp_path / "r")]) == 0
+                     "--horizon", "12,24,36", "--time-budget", "1", "--epochs", "1", "--members", "1",
+                     "--no-progress", "--out", str(tmp_path / "r")]) == 0
     assert budgets == pytest.approx([20.0, 25.0, 40.0])  # 60/3, then (60-10)/2, then (60-20)/1
 
 

@@ -386,7 +386,8 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
                       (out / f"member{k}_H{h}.pt", out / f"resume_member{k}_H{h}.pt"))
         res = T.fit(model, prep, cfg, meta=meta, best_path=best, last_path=last,
                     resume=args.resume and last.is_file(), desc=desc if k == 0 else f"{desc} member {k + 1}")
-        first = first or res
+        if k == 0:
+            first = res
         spent += res.train_seconds
         done.append({"member": k, "seed": seed, "checkpoint": best.name, "best_val_mse": res.best_val_mse,
                      "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stop_reason": res.stop_reason,
