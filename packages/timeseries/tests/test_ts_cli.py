@@ -169,7 +169,13 @@ def test_budget_resolution(argv, budget):
     assert cli._budget(args) == budget
 
 
-def test_time_budget_is_shared_by_the_horizons(small_csv, tmp_path, monkeypatch):
+@pytest.mark.parametrize("members, expected", [
+    ("1", [20.0, 25.0, 40.0]),  # 60/3, then (60-10)/2, then (60-20)/1
+    # --members auto: H12 20 s, one member (10 s left < 1.1 x 10); H24 (60-10)/2 = 25 s, a second member with
+    # the 15 s left; H36 60-30 = 30 s, a second member with 20 s
+    ("auto", [20.0, 25.0, 15.0, 30.0, 20.0]),
+])
+def test_time_budget_is_shared_by_the_horizons(small_csv, tmp_path, monkeypatch, members, expected):
     from ffnet_ts import train as T
 
     budgets, real = [], T.fit
@@ -177,14 +183,18 @@ def test_time_budget_is_shared_by_the_horizons(small_csv, tmp_path, monkeypatch)
     def spy(model, prep, cfg, **kw):
         budgets.append(cfg.time_budget)
         res = real(model, prep, cfg, **kw)
-        res.train_seconds = 10.0  # pretend every horizon trained for 10 s
+        res.train_seconds = 10.0  # pretend every model trained for 10 s
         return res
 
     monkeypatch.setattr(T, "fit", spy)
     assert cli.main(["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", "48",
-                     "--horizon", "12,24,36", "--time-budget", "1", "--epochs", "1", "--members", "1",
+                     "--horizon", "12,24,36", "--time-budget", "1", "--epochs", "1", "--members", members,
                      "--no-progress", "--out", str(tmp_path / "r")]) == 0
-    assert budgets == pytest.approx([20.0, 25.0, 40.0])  # 60/3, then (60-10)/2, then (60-20)/1
+    assert budgets == pytest.approx(expected)
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())["horizons"]
+    assert [len(m[h].get("members", [None])) for h in ("12", "24", "36")] == ([1, 1, 1] if members == "1" else
+                                                                               [1, 2, 2])
+    assert m["24"]["train_seconds"] == pytest.approx(10.0 if members == "1" else 20.0)
 
 
 def test_predict_forecasts_past_the_last_timestamp(small_csv, tmp_path, capsys):

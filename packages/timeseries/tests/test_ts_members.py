@@ -122,27 +122,6 @@ def test_another_member_rule(seconds, left, requested, world, more):
     assert cli._another_member(seconds, left, requested, world) is more
 
 
-def test_auto_members_spend_the_budget_left(small_csv, tmp_path, monkeypatch):
-    budgets, real = [], T.fit
-
-    def spy(model, prep, cfg, **kw):
-        budgets.append(cfg.time_budget)
-        res = real(model, prep, cfg, **kw)
-        res.train_seconds = 10.0  # pretend every member trained for 10 s
-        return res
-
-    monkeypatch.setattr(T, "fit", spy)
-    assert cli.main(["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", "48",
-                     "--horizon", "12,24,36", "--time-budget", "1", "--epochs", "1", "--no-progress",
-                     "--out", str(tmp_path / "r")]) == 0
-    # H12: 60/3 = 20 s, one member (10 s left < 1.1 x 10); H24: (60-10)/2 = 25 s, a second member with the 15 s
-    # left; H36: 60-30 = 30 s, a second member with 20 s
-    assert budgets == pytest.approx([20.0, 25.0, 15.0, 30.0, 20.0])
-    m = json.loads((tmp_path / "r" / "metrics.json").read_text())["horizons"]
-    assert "members" not in m["12"] and len(m["24"]["members"]) == len(m["36"]["members"]) == 2
-    assert m["24"]["train_seconds"] == pytest.approx(20.0)
-
-
 def test_an_interrupted_ensemble_resumes_to_the_same_result(pair, small_csv, tmp_path, monkeypatch):
     ens_dir, _ = pair
     calls, real = [], T.fit

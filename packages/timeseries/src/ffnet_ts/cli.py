@@ -81,13 +81,17 @@ def _data_meta(prep) -> dict:
             "cycle": prep.cycle.to_json() if prep.cycle is not None else None}
 
 
+def _int_or_zero(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
 def _parse_cycle(text: str) -> str | int:
     if text in ("auto", "off"):
         return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
+    n = _int_or_zero(text)
     if n < 2:
         raise UsageError(f"--cycle must be auto, off or a period of at least 2 rows (got {text!r})")
     return n
@@ -303,10 +307,7 @@ def _parse_members(text: str) -> int | None:
     """``--members``: ``auto`` -> None, else a positive count."""
     if text == "auto":
         return None
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
+    n = _int_or_zero(text)
     if n < 1:
         raise UsageError(f"--members must be 'auto' or a positive count (got {text!r})")
     return n
