@@ -108,6 +108,48 @@ def test_predict_and_onnx_average_the_members(pair, small_csv, tmp_path):
     assert np.allclose(ort, ens, rtol=1e-4, atol=1e-4)
 
 
+def test_a_member_needs_its_best_epoch_and_one_more():
+    hist = [{"seconds": s} for s in (10.0, 20.0, 30.0, 40.0)]
+    assert cli._member_need(T.FitResult(0.5, 2, 4, 41.0, True, hist)) == pytest.approx(20.0 + 41.0 / 4)
+    assert cli._member_need(T.FitResult(0.5, 4, 4, 41.0, False, hist)) == pytest.approx(41.0)  # at most its time
+    assert cli._member_need(T.FitResult(0.5, 1, 1, 7.0, False, [])) == 7.0
+
+
+def test_auto_leaves_out_a_member_that_does_not_help_on_validation(small_csv, tmp_path, monkeypatch):
+    real, calls = T.fit, []
+
+    def spoil_second(model, prep, cfg, **kw):
+        calls.append(cfg.seed)
+        res = real(model, prep, cfg, **kw)
+        if cfg.seed == 2022:  # a member far off: averaging it in raises the validation MSE
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * 3)
+        return res
+
+    monkeypatch.setattr(T, "fit", spoil_second)
+    argv = ["--time-budget", "2", "--epochs", "2", "--cycle", "off", "--no-progress"]
+    base = ["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", str(L), "--horizon",
+            str(H), *argv]
+    assert cli.main([*base, "--out", str(tmp_path / "auto")]) == 0
+    assert calls == [2021, 2022]  # the second member was trained, then no third one started
+    m = json.loads((tmp_path / "auto" / "metrics.json").read_text())["horizons"][str(H)]
+    assert [r.get("dropped", False) for r in m["members"]] == [False, True]
+    assert m["members"][1]["average_val_mse"] > m["best_val_mse"] == m["members"][0]["best_val_mse"]
+    ck = T.load_checkpoint(tmp_path / "auto" / f"checkpoint_H{H}.pt")
+    assert ck["model"]["name"] == "ffnet_ts_tiny"  # the single first member, as without --members
+    monkeypatch.setattr(T, "fit", real)
+    assert cli.main([*base, "--members", "1", "--out", str(tmp_path / "one")]) == 0
+    a, b = (np.load(tmp_path / d / f"forecasts_H{H}.npz")["predictions"] for d in ("auto", "one"))
+    assert np.array_equal(a, b)
+    # resuming does not train the left-out member again, nor a new one
+    calls.clear()
+    monkeypatch.setattr(T, "fit", spoil_second)
+    assert cli.main([*base, "--resume", "--out", str(tmp_path / "auto")]) == 0
+    assert calls == []  # both members are listed as finished
+    assert np.array_equal(np.load(tmp_path / "auto" / f"forecasts_H{H}.npz")["predictions"], b)
+
+
 @pytest.mark.parametrize("seconds, left, requested, world, more", [
     ([100.0], 200.0, None, 1, True),
     ([100.0], 105.0, None, 1, False),  # the budget left must cover the slowest member and a margin

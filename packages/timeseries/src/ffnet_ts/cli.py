@@ -224,8 +224,9 @@ def cmd_forecast(args) -> int:
             spent += res.train_seconds
         # the test split is scored here, once, after training (and any search) has finished
         test, forecasts = _score_test(model, prep, tprep, cfg.eval_batch_size, device)
-        if search is None and len(members) > 1:  # each member's own test score, for the record (nothing is chosen)
-            for rec, m in zip(members, model.members):
+        used = [r for r in members if not r.get("dropped")]
+        if len(used) > 1:  # each member's own test score, for the record (nothing is chosen)
+            for rec, m in zip(used, model.members):
                 t, _ = _score_test(m, prep, tprep, cfg.eval_batch_size, device)
                 rec["test_mse"], rec["test_mae"] = t["mse"], t["mae"]
         ref = R.reference_metrics(prep, "test", cycle_prep=cprep) if info.master else None
@@ -241,7 +242,7 @@ def cmd_forecast(args) -> int:
                                                           "epoch_windows", "val_stride")},
             "model_args": margs,
         }
-        if search is None and len(members) > 1:
+        if len(members) > 1:
             entry["members"] = members
         if ref is not None:
             entry["skill_vs_naive"] = R.skill(test["mse"], ref["naive"]["mse"])
@@ -313,17 +314,27 @@ def _parse_members(text: str) -> int | None:
     return n
 
 
-def _another_member(seconds: list[float], left: float | None, requested: int | None, world: int) -> bool:
-    """Whether to train one more ensemble member after ``len(seconds)`` members took ``seconds`` each.
+def _member_need(res) -> float:
+    """Seconds a member like ``res`` (a FitResult) needs: to its best epoch plus one more epoch, at most what
+    it took. A member cut by the budget after its best epoch keeps the same weights as one that was not."""
+    if not res.history:
+        return res.train_seconds
+    best = res.history[res.best_epoch - 1]["seconds"]
+    return min(res.train_seconds, best + res.train_seconds / len(res.history))
+
+
+def _another_member(needs: list[float], left: float | None, requested: int | None, world: int) -> bool:
+    """Whether to train one more ensemble member after ``len(needs)`` members that needed ``needs`` seconds each
+    (:func:`_member_need`).
 
     ``requested``: exactly that many. ``auto`` (None): while the training budget ``left`` for this horizon
-    covers the slowest member so far (x MEMBER_MARGIN), up to MAX_MEMBERS; never without a time budget
+    covers the neediest member so far (x MEMBER_MARGIN), up to MAX_MEMBERS; never without a time budget
     (``--epochs N`` alone keeps a fixed recipe a single model) or under torchrun (the ranks' clocks differ)."""
     if requested is not None:
-        return len(seconds) < requested
-    if left is None or world > 1 or len(seconds) >= MAX_MEMBERS:
+        return len(needs) < requested
+    if left is None or world > 1 or len(needs) >= MAX_MEMBERS:
         return False
-    return left >= MEMBER_MARGIN * max(seconds)
+    return left >= MEMBER_MARGIN * max(needs)
 
 
 def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int, device, info, margs: dict,
@@ -334,6 +345,8 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
     (same seed, files ``checkpoint_H<h>.pt`` / ``resume_H<h>.pt``). With more, each member's best weights
     are also kept in ``member<k>_H<h>.pt``, finished members are listed in ``members_H<h>.json`` (what
     ``--resume`` skips), and ``checkpoint_H<h>.pt`` finally holds the :class:`~ffnet_ts.model.MeanEnsemble`.
+    Under ``auto`` a new member joins the average only if it lowers the average's validation MSE (a member
+    cut short by the budget may not); otherwise it is recorded as ``dropped`` and no further member starts.
     """
     import shutil
 
@@ -345,7 +358,9 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
 
     requested = _parse_members(args.members)
     state_path = out / f"members_H{h}.json"
-    done = json.loads(state_path.read_text())["members"] if args.resume and state_path.is_file() else []
+    state = (json.loads(state_path.read_text()) if args.resume and state_path.is_file() else
+             {"members": [], "dropped": []})
+    done, dropped = state["members"], state.get("dropped", [])
     models = []
     for rec in done:
         m = create_model(args.model, **margs)
@@ -360,10 +375,25 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
             loss=args.loss, precision=args.precision, ema=args.ema, amp=not args.no_amp,
             progress=not args.no_progress, time_budget=budget)
 
-    spent = sum(r["train_seconds"] for r in done)
+    def average(ms):
+        ens = create_model(ENSEMBLE, member=args.model, n=len(ms), **margs)
+        for slot, m in zip(ens.members, ms):
+            slot.load_state_dict(m.state_dict())
+        return ens.to(device)
+
+    def save_state():
+        if info.master:
+            atomic_write_bytes(state_path, (json.dumps({"members": done, "dropped": dropped}, indent=2)
+                                            + "\n").encode())
+
+    spent = sum(r["train_seconds"] for r in done + dropped)
+    val = None  # the current average's validation record (members >= 2)
+    if len(models) > 1:
+        val = T.evaluate(average(models), prep, "val", batch_size=config(args.seed, None).eval_batch_size,
+                         device=device)
     first = None
-    while not done or _another_member([r["train_seconds"] for r in done],
-                                      None if share is None else share - spent, requested, info.world):
+    while not done or (not dropped and _another_member(
+            [r.get("need_seconds", r["train_seconds"]) for r in done], None if share is None else share - spent, requested, info.world)):
         k = len(done)
         left = None if share is None else max(share - spent, 1.0)
         budget = left if left is None or requested is None else left / (requested - k)
@@ -373,13 +403,13 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
             done[0]["checkpoint"] = f"member0_H{h}.pt"
             if info.master:
                 shutil.copyfile(out / f"checkpoint_H{h}.pt", out / f"member0_H{h}.pt")
-                atomic_write_bytes(state_path, (json.dumps({"members": done}, indent=2) + "\n").encode())
+            save_state()
         if k >= 1 and info.master:
             print(f"H={h}: training ensemble member {k + 1} (seed {seed})"
                   + ("" if left is None else f", {left / 60:.1f} min of the budget left") + "; "
                   + ("--members " + str(requested) if requested else
-                     f"--members auto: the slowest member so far took {max(r['train_seconds'] for r in done) / 60:.1f}"
-                     " min"), file=sys.stderr)
+                     "--members auto: the neediest member so far reached its best epoch and one more in "
+                     f"{max(r.get('need_seconds', r['train_seconds']) for r in done) / 60:.1f} min"), file=sys.stderr)
         cfg = config(seed, budget)
         torch.manual_seed(seed)
         model = create_model(args.model, **margs)
@@ -390,30 +420,44 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
         if k == 0:
             first = res
         spent += res.train_seconds
-        done.append({"member": k, "seed": seed, "checkpoint": best.name, "best_val_mse": res.best_val_mse,
-                     "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stop_reason": res.stop_reason,
-                     "train_seconds": round(res.train_seconds, 2)})
+        rec = {"member": k, "seed": seed, "checkpoint": best.name, "best_val_mse": res.best_val_mse,
+               "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stop_reason": res.stop_reason,
+               "train_seconds": round(res.train_seconds, 2), "need_seconds": round(_member_need(res), 2)}
+        if k >= 1:
+            prev = done[0]["best_val_mse"] if val is None else val["mse"]
+            trial = T.evaluate(average(models + [model]), prep, "val", batch_size=cfg.eval_batch_size,
+                               device=device)
+            if requested is None and not trial["mse"] < prev:
+                rec["average_val_mse"], rec["dropped"] = trial["mse"], True
+                dropped.append(rec)
+                if info.master:
+                    print(f"H={h}: member {k + 1} left out: the average's validation MSE would be "
+                          f"{trial['mse']:.4f}, not below {prev:.4f} without it", file=sys.stderr)
+                save_state()
+                continue
+            val = trial
+        done.append(rec)
         models.append(model)
-        if k >= 1 and info.master:
-            atomic_write_bytes(state_path, (json.dumps({"members": done}, indent=2) + "\n").encode())
+        if k >= 1:
+            save_state()
     cfg = config(args.seed, share)
     head = first or T.FitResult(done[0]["best_val_mse"], done[0]["best_epoch"], done[0]["epochs_run"],
                                 done[0]["train_seconds"], done[0]["stop_reason"] == "early_stopping", [],
                                 done[0]["stop_reason"])
+    total = round(sum(r["train_seconds"] for r in done + dropped), 2)
     if len(models) == 1:
-        return models[0], cfg, head, done
-    ens = create_model(ENSEMBLE, member=args.model, n=len(models), **margs)
-    for slot, m in zip(ens.members, models):
-        slot.load_state_dict(m.state_dict())
-    ens.to(device)
-    val = T.evaluate(ens, prep, "val", batch_size=cfg.eval_batch_size, device=device)
+        if dropped:
+            head = T.FitResult(head.best_val_mse, head.best_epoch, head.epochs_run, total, head.stopped_early,
+                               head.history, head.stop_reason)
+        return models[0], cfg, head, done + dropped
+    ens = average(models)
     if info.master:
         T.save_atomic({"format": T.CHECKPOINT_FORMAT, "model": {"name": ENSEMBLE, "args": {
             "member": args.model, "n": len(models), **margs}}, "data": meta["data"], "state_dict": ens.state_dict(),
             "val_mse": val["mse"], "val_mae": val["mae"], "members": done}, out / f"checkpoint_H{h}.pt")
-    summary = T.FitResult(val["mse"], head.best_epoch, head.epochs_run, sum(r["train_seconds"] for r in done),
-                          head.stopped_early, [], head.stop_reason)
-    return ens, cfg, summary, done
+    summary = T.FitResult(val["mse"], head.best_epoch, head.epochs_run, total, head.stopped_early, [],
+                          head.stop_reason)
+    return ens, cfg, summary, done + dropped
 
 
 def _tune_horizon(args, prep, out: Path, h: int, share: float, cap: int, device):
@@ -454,7 +498,8 @@ def _forecast_table(model: str, rows: list) -> str:
              "stopped by |",
              "|--------:|:------|-------:|-------:|------:|------:|------:|------:|------:|:------|"]
     for h, e in rows:
-        name = f"{model} (mean of {len(e['members'])})" if e.get("members") else model
+        n = len([m for m in e.get("members", []) if not m.get("dropped")])
+        name = f"{model} (mean of {n})" if n > 1 else model
         lines.append(f"| {h:7d} | {name} | {e['mse']:.4f} | {e['mae']:.4f} | {e.get('skill_vs_naive', float('nan')):+.3f} "
                      f"| {e['test_windows']} | {e['train_seconds']:.1f} | {e['params']} | "
                      f"{e['epochs_run']} ({e['best_epoch']}) | {e['stop_reason'].replace('_', ' ')} |")
@@ -479,12 +524,17 @@ def _member_lines(rows: list) -> list[str]:
     """Per horizon with an ensemble: each member's validation and test MSE next to the average's."""
     lines = []
     for h, e in rows:
-        ms = e.get("members")
-        if ms:
+        ms = [m for m in e.get("members", []) if not m.get("dropped")]
+        out = [m for m in e.get("members", []) if m.get("dropped")]
+        if len(ms) > 1:
             each = ", ".join(f"seed {m['seed']} {m['best_val_mse']:.4f} / {m['test_mse']:.4f}" for m in ms)
             lines.append(f"H={h}: mean of {len(ms)} members, val / test MSE {e['best_val_mse']:.4f} / {e['mse']:.4f}; "
                          f"members: {each}; epochs (best) and train s in the table are the first member's and "
                          f"all members' together")
+        for m in out:
+            lines.append(f"H={h}: member seed {m['seed']} (val MSE {m['best_val_mse']:.4f}, {m['epochs_run']} epochs, "
+                         f"{m['stop_reason'].replace('_', ' ')}) was left out: with it the average's validation MSE "
+                         f"would have been {m['average_val_mse']:.4f}")
     return lines
 
 
