@@ -138,8 +138,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lc = "–" if r["linear_cycle_mse"] is None else f"{r['linear_cycle_mse']:.4f}"
         used = f"yes ({r['period']}, {r['amplitude']})" if r["cycle_used"] else "no"
+        dropped = f" (+{r['members_dropped']} left out)" if r.get("members_dropped") else ""
         lines.append(f"| {r['dataset']} | {r['cycle_mode']} | {used}"
-                     f" | {r['seed']} | {r['precision']} | {r.get('members', 1)} | {r['best_val_mse']:.4f} | {r['test_mse']:.4f} / "
+                     f" | {r['seed']} | {r['precision']} | {r.get('members', 1)}{dropped} | {r['best_val_mse']:.4f} | {r['test_mse']:.4f} / "
                      f"{r['test_mae']:.4f} | {r['epochs_run']} ({r['best_epoch']}) | {r['stop_reason'].replace('_', ' ')}"
                      f" | {r['train_seconds']:.0f} | {r['linear_mse']:.4f} | {lc} | {r['naive_mse']:.4f} |")
     groups: dict = {}
@@ -181,7 +182,10 @@ def write(rows: list[dict], out: Path) -> str:
             "one-standard-error rule picks fixed for ETTm1). The `command` in each run's metrics.json is the "
             "command actually run. `members`: how many models the run averaged (`--members`, session 20; the "
             "runs before it are single models); with several, best val MSE is the average's and epochs (best) "
-            "the first member's.\n\n" + table(rows) + "\n")
+            "the first member's. The `auto+rule1` runs were made as `--cycle auto` with session 20's first "
+            "`--members auto` rule (another member only while the budget left covered 1.1 x the slowest "
+            "member's whole time, no validation check); their directories were renamed when the rule changed.\n\n"
+            + table(rows) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, payload in ((out.with_suffix(".json"), json.dumps({"env": environment(), "rows": rows}, indent=2)),
                           (out.with_suffix(".md"), text)):
