@@ -12,6 +12,7 @@ without ``--force``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -219,12 +220,12 @@ def cmd_forecast(args) -> int:
         else:
             d = dataset_defaults(series.name if reg else None, h)
             margs = _model_args(args, args.model, tprep, d)
-            model, cfg, res, members = _train_members(args, tprep, out, h, share, cap, device, info, margs,
-                                                      f"{series.name} H={h}")
+            model, cfg, res, members = _train_members(args, members_requested, tprep, out, h, share, cap, device,
+                                                      info, margs, f"{series.name} H={h}")
             spent += res.train_seconds
         # the test split is scored here, once, after training (and any search) has finished
         test, forecasts = _score_test(model, prep, tprep, cfg.eval_batch_size, device)
-        used = [r for r in members if not r.get("dropped")]
+        used = _kept(members)
         if len(used) > 1:  # each member's own test score, for the record (nothing is chosen)
             for rec, m in zip(used, model.members):
                 t, _ = _score_test(m, prep, tprep, cfg.eval_batch_size, device)
@@ -301,7 +302,7 @@ def _score_test(model, prep, tprep, batch_size: int, device):
 
 TUNE_DEFAULT = -1.0  # `--tune` without minutes: use --time-budget or the default budget
 MAX_MEMBERS = 5  # `--members auto`: at most this many
-MEMBER_MARGIN = 1.1  # `--members auto` starts another member when the budget left covers the slowest one x this
+MEMBER_MARGIN = 1.1  # `--members auto` starts another member when the budget left covers the neediest one x this
 
 
 def _parse_members(text: str) -> int | None:
@@ -337,8 +338,8 @@ def _another_member(needs: list[float], left: float | None, requested: int | Non
     return left >= MEMBER_MARGIN * max(needs)
 
 
-def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int, device, info, margs: dict,
-                   desc: str):
+def _train_members(args, requested: int | None, prep, out: Path, h: int, share: float | None, cap: int, device, info,
+                   margs: dict, desc: str):
     """Train ``--members`` forecasters (seeds ``--seed``, ``--seed`` + 1, ...) one after another on ``prep``.
 
     Returns ``(model, cfg, summary FitResult, member records)``. One member is exactly the single-model run
@@ -356,7 +357,6 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
     from . import train as T
     from .model import ENSEMBLE, create_model
 
-    requested = _parse_members(args.members)
     state_path = out / f"members_H{h}.json"
     state = (json.loads(state_path.read_text()) if args.resume and state_path.is_file() else
              {"members": [], "dropped": []})
@@ -444,20 +444,15 @@ def _train_members(args, prep, out: Path, h: int, share: float | None, cap: int,
     head = first or T.FitResult(done[0]["best_val_mse"], done[0]["best_epoch"], done[0]["epochs_run"],
                                 done[0]["train_seconds"], done[0]["stop_reason"] == "early_stopping", [],
                                 done[0]["stop_reason"])
-    total = round(sum(r["train_seconds"] for r in done + dropped), 2)
+    head = dataclasses.replace(head, train_seconds=round(sum(r["train_seconds"] for r in done + dropped), 2))
     if len(models) == 1:
-        if dropped:
-            head = T.FitResult(head.best_val_mse, head.best_epoch, head.epochs_run, total, head.stopped_early,
-                               head.history, head.stop_reason)
         return models[0], cfg, head, done + dropped
     ens = average(models)
     if info.master:
         T.save_atomic({"format": T.CHECKPOINT_FORMAT, "model": {"name": ENSEMBLE, "args": {
             "member": args.model, "n": len(models), **margs}}, "data": meta["data"], "state_dict": ens.state_dict(),
             "val_mse": val["mse"], "val_mae": val["mae"], "members": done}, out / f"checkpoint_H{h}.pt")
-    summary = T.FitResult(val["mse"], head.best_epoch, head.epochs_run, total, head.stopped_early, [],
-                          head.stop_reason)
-    return ens, cfg, summary, done + dropped
+    return ens, cfg, dataclasses.replace(head, best_val_mse=val["mse"], history=[]), done + dropped
 
 
 def _tune_horizon(args, prep, out: Path, h: int, share: float, cap: int, device):
@@ -498,7 +493,7 @@ def _forecast_table(model: str, rows: list) -> str:
              "stopped by |",
              "|--------:|:------|-------:|-------:|------:|------:|------:|------:|------:|:------|"]
     for h, e in rows:
-        n = len([m for m in e.get("members", []) if not m.get("dropped")])
+        n = len(_kept(e.get("members", [])))
         name = f"{model} (mean of {n})" if n > 1 else model
         lines.append(f"| {h:7d} | {name} | {e['mse']:.4f} | {e['mae']:.4f} | {e.get('skill_vs_naive', float('nan')):+.3f} "
                      f"| {e['test_windows']} | {e['train_seconds']:.1f} | {e['params']} | "
@@ -520,18 +515,24 @@ def _forecast_table(model: str, rows: list) -> str:
     return "\n".join(lines)
 
 
+def _kept(members: list[dict]) -> list[dict]:
+    """The member records that are in the average (not left out by ``--members auto``'s validation check)."""
+    return [m for m in members if not m.get("dropped")]
+
+
 def _member_lines(rows: list) -> list[str]:
     """Per horizon with an ensemble: each member's validation and test MSE next to the average's."""
     lines = []
     for h, e in rows:
-        ms = [m for m in e.get("members", []) if not m.get("dropped")]
-        out = [m for m in e.get("members", []) if m.get("dropped")]
+        ms = _kept(e.get("members", []))
         if len(ms) > 1:
             each = ", ".join(f"seed {m['seed']} {m['best_val_mse']:.4f} / {m['test_mse']:.4f}" for m in ms)
             lines.append(f"H={h}: mean of {len(ms)} members, val / test MSE {e['best_val_mse']:.4f} / {e['mse']:.4f}; "
                          f"members: {each}; epochs (best) and train s in the table are the first member's and "
                          f"all members' together")
-        for m in out:
+        for m in e.get("members", []):
+            if not m.get("dropped"):
+                continue
             lines.append(f"H={h}: member seed {m['seed']} (val MSE {m['best_val_mse']:.4f}, {m['epochs_run']} epochs, "
                          f"{m['stop_reason'].replace('_', ' ')}) was left out: with it the average's validation MSE "
                          f"would have been {m['average_val_mse']:.4f}")
