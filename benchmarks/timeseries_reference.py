@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CELLS_DIR = RESULTS / "timeseries_reference"
 ESTIMATES = RESULTS / "timeseries_reference_estimates.json"
+REMAINING = RESULTS / "timeseries_reference_remaining.json"
 TABLE = RESULTS / "timeseries_reference.md"
 STATE_DIR = Path(os.environ.get("FFNET_CACHE_DIR", Path.home() / ".cache" / "ffnet")) / "timeseries_reference"
 
@@ -243,9 +244,10 @@ def run_cell(ds: str, h: int, model: str, *, out_dir: Path, epochs: int | None =
 # ---------------------------------------------------------------------------------------------------------
 
 
-def measure(ds: str, h: int, model: str, prep: D.Prepared, steps: int = 1) -> dict:
-    """Median seconds of a training step (forward + backward + Adam at the recipe's batch) and of one
-    512-window evaluation batch, then the cell's estimated seconds at the recipe's maximum epochs."""
+def measure(ds: str, h: int, model: str, prep: D.Prepared, steps: int = 1, precision: str = "fp32") -> dict:
+    """Median seconds of a training step (forward + backward + Adam at the recipe's batch; the forward under
+    ``precision``'s autocast, as ``T.fit`` runs it) and of one 512-window evaluation batch (fp32), then the
+    cell's estimated seconds at the recipe's maximum epochs."""
     model_args, train_args = recipe(model, ds, h)
     torch.manual_seed(SEED)
     net = create_model(model, n_vars=prep.n_vars, lookback=LOOKBACK, horizon=h, **model_args).train()
@@ -261,7 +263,9 @@ def measure(ds: str, h: int, model: str, prep: D.Prepared, steps: int = 1) -> di
         idx = torch.randint(0, prep.windows("train"), (n,), generator=torch.Generator().manual_seed(i))
         x, y = D.gather_windows(prep.data, start, idx, LOOKBACK, h)
         t0 = time.perf_counter()
-        loss = torch.nn.functional.mse_loss(net(x), y)
+        with T._autocast(torch.device("cpu"), False, precision):
+            pred = net(x)
+        loss = torch.nn.functional.mse_loss(pred.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -281,7 +285,7 @@ def measure(ds: str, h: int, model: str, prep: D.Prepared, steps: int = 1) -> di
             "eval_batch_seconds": round(t_eval, 4), "steps_per_epoch": steps_per_epoch,
             "epoch_seconds": round(epoch, 1), "max_epochs": train_args["epochs"],
             "cell_seconds_max": round(train_args["epochs"] * epoch + test, 0),
-            "params": sum(p.numel() for p in net.parameters())}
+            "params": sum(p.numel() for p in net.parameters()), "precision": precision}
 
 
 def plan(datasets, horizons, models, out: Path) -> list[dict]:
@@ -301,6 +305,80 @@ def plan(datasets, horizons, models, out: Path) -> list[dict]:
                                   "loadavg": os.getloadavg()[0], "threads": torch.get_num_threads(),
                                   "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows})
     return rows
+
+
+def _progress(name: str, precision: str) -> tuple[int, int]:
+    """(epochs finished, epochs since the best) of the cell's resume state at ``precision``; (0, 0) if none."""
+    tag = "" if precision == "fp32" else f".{precision}"
+    state = STATE_DIR / f"{name}{tag}.pt"
+    if not state.is_file():
+        return 0, 0
+    st = torch.load(state, map_location="cpu", weights_only=False)
+    return int(st["epoch"]), int(st["bad_epochs"])
+
+
+def plan_remaining(precision: str, datasets=DATASETS, horizons=HORIZONS, models=MODELS, out: Path | None = None,
+                   steps: int = 2) -> list[dict]:
+    """Re-measure the step time of every cell without a JSON, on this machine at ``precision``, and the
+    worst-case time it still needs (the recipe's epochs left after its resume state, if any)."""
+    out = out or REMAINING
+    rows = []
+    for ds in datasets:
+        series = D.load(ds)
+        for h in horizons:
+            prep = None
+            for m in models:
+                name = cell_name(ds, h, m)
+                if (CELLS_DIR / f"{name}.json").is_file():
+                    continue
+                prep = prep or D.prepare(series, LOOKBACK, h)
+                r = measure(ds, h, m, prep, steps=steps, precision=precision)
+                done, bad = _progress(name, precision)
+                r.update(epochs_done=done, epochs_since_best=bad,
+                         seconds_left_max=round((r["max_epochs"] - done) * r["epoch_seconds"], 0))
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+                _write_json(out, {"precision": precision, "threads": torch.get_num_threads(),
+                                  "loadavg": round(os.getloadavg()[0], 2), "git": _git_commit(),
+                                  "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                  "cpu": platform.processor() or platform.machine(), "rows": rows})
+    return rows
+
+
+def remaining_table() -> str:
+    """The cells still missing, with their re-measured step time and worst-case hours left."""
+    if not REMAINING.is_file():
+        return "(not measured: run --plan --remaining)"
+    est = json.loads(REMAINING.read_text())
+    rows = [r for r in est["rows"] if not (CELLS_DIR / f"{cell_name(r['dataset'], r['horizon'], r['model'])}.json")
+            .is_file()]
+    if not rows:
+        return "(every cell has finished)"
+    lines = ["| data | H | model | step s (batch) | epoch | epochs done / max | hours left at most |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    total = {}
+    for r in sorted(rows, key=lambda r: (r["model"], DATASETS.index(r["dataset"]), r["horizon"])):
+        total[r["model"]] = total.get(r["model"], 0.0) + r["seconds_left_max"]
+        lines.append(f"| {r['dataset']} | {r['horizon']} | {NAMES[r['model']]} | {r['step_seconds']:.2f} "
+                     f"({r['batch_size']}) | {_duration(r['epoch_seconds'])} | {r['epochs_done']} / "
+                     f"{r['max_epochs']} | {r['seconds_left_max'] / 3600:.1f} |")
+    lines.append("| **total** | | " + ", ".join(f"{NAMES[m]} {v / 3600:.0f} h" for m, v in total.items())
+                 + f" | | | | **{sum(total.values()) / 3600:.0f} CPU-hours** |")
+    return "\n".join(lines) + (
+        f"\n\nMeasured {est['measured']} at {est['precision']}, {est['threads']} thread, load average "
+        f"{est['loadavg']} (two grid runners at nice 15 beside it), code {est['git']}. \"At most\" is the recipe's "
+        "maximum epochs; early stopping ends most cells sooner (the finished cells above stopped at a median of "
+        f"{_median_stop_fraction()} of their maximum).")
+
+
+def _median_stop_fraction() -> str:
+    fr = []
+    for (ds, h, m), c in load_cells().items():
+        fr.append(c["epochs_run"] / recipe(m, ds, h)[1]["epochs"])
+    if not fr:
+        return "?"
+    fr.sort()
+    return f"{100 * fr[len(fr) // 2]:.0f} %"
 
 
 # Rough seconds per cell, used to order cells that have not been measured yet (replaced by --plan's numbers).
@@ -583,6 +661,13 @@ def write_table() -> str:
         "Run order (resumable; cells with a JSON are skipped): H96 and H720 of every dataset first, cheapest first, "
         "then H192 / H336.",
         "",
+        "## What is left: the missing cells re-measured on this machine",
+        "",
+        "`--plan --remaining --precision bf16`: each missing cell's step timed again (the plan above is from a "
+        "loaded machine), and the hours it needs at most after its resume state.",
+        "",
+        remaining_table(),
+        "",
         "## Recipes and their sources",
         "",
         *[f"* **{NAMES[m]}**: {SOURCES[m]}." for m in MODELS],
@@ -632,6 +717,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--plan", action="store_true", help="measure step times and write the wall-time estimates")
+    p.add_argument("--remaining", action="store_true",
+                   help="with --plan: re-measure only the missing cells (at --precision) and their time left")
     g.add_argument("--run", action="store_true", help="run every missing cell (resumable), each as a subprocess")
     g.add_argument("--cell", nargs=3, metavar=("DATASET", "HORIZON", "MODEL"), help="run one cell")
     g.add_argument("--table", action="store_true", help="regenerate the markdown table from the finished cells")
@@ -650,6 +737,10 @@ def main(argv=None) -> int:
 
     if args.table:
         print(write_table())
+        return 0
+    if args.plan and args.remaining:
+        plan_remaining(args.precision, args.datasets, args.horizons, args.models)
+        write_table()
         return 0
     if args.plan:
         plan(args.datasets, args.horizons, args.models, ESTIMATES)

@@ -80,3 +80,41 @@ def test_bf16_cells_are_marked_and_refused_where_bf16_is_emulated(bench, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "native bf16" in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_remaining_plan_counts_the_epochs_a_resume_state_still_needs(bench, monkeypatch, tmp_path):
+    import json
+
+    import torch
+
+    cells, state = tmp_path / "cells", tmp_path / "state"
+    cells.mkdir()
+    state.mkdir()
+    monkeypatch.setattr(bench, "CELLS_DIR", cells)
+    monkeypatch.setattr(bench, "STATE_DIR", state)
+    out = tmp_path / "remaining.json"
+    monkeypatch.setattr(bench, "REMAINING", out)
+    finished = {**_cell("ETTh1", 96, "dlinear", 0.4), "epochs_run": 5}
+    (cells / "ETTh1_96_dlinear.json").write_text(json.dumps(finished))  # finished: not measured
+    torch.save({"epoch": 4, "bad_epochs": 2}, state / "ETTh1_96_patchtst.bf16.pt")  # 4 of 10 epochs done
+    calls = []
+
+    def fake_measure(ds, h, m, prep, steps=1, precision="fp32"):
+        calls.append((ds, h, m, precision))
+        return {"dataset": ds, "horizon": h, "model": m, "batch_size": 32, "step_seconds": 1.0,
+                "epoch_seconds": 600.0, "max_epochs": bench.recipe(m, ds, h)[1]["epochs"]}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    rows = bench.plan_remaining("bf16", ["ETTh1"], [96], ["dlinear", "patchtst", "ffnet_ts"])
+    assert calls == [("ETTh1", 96, "patchtst", "bf16"), ("ETTh1", 96, "ffnet_ts", "bf16")]
+    by = {r["model"]: r for r in rows}
+    assert by["patchtst"]["epochs_done"] == 4 and by["patchtst"]["seconds_left_max"] == 6 * 600
+    assert by["ffnet_ts"]["epochs_done"] == 0 and by["ffnet_ts"]["seconds_left_max"] == 100 * 600
+    assert json.loads(out.read_text())["precision"] == "bf16"
+    table = bench.remaining_table()
+    assert "| ETTh1 | 96 | PatchTST | 1.00 (32) | 10.0 min | 4 / 10 | 1.0 |" in table
+    assert "DLinear" not in table.split("\n\n")[0] and "**18 CPU-hours**" in table
+    assert "median of 50 %" in table  # the finished DLinear cell ran 5 of its 10 epochs
+    landed = {**_cell("ETTh1", 96, "patchtst", 0.4), "epochs_run": 10}
+    (cells / "ETTh1_96_patchtst.json").write_text(json.dumps(landed))  # a cell that lands leaves the table
+    assert "PatchTST" not in bench.remaining_table().split("\n\n")[0]
