@@ -7,6 +7,8 @@ nothing is tuned at all: the recipes are taken as written.
 
     # 1. plan: measure every cell's training step (short runs) and write the wall-time estimates
     nice -n 10 uv run python benchmarks/timeseries_reference.py --plan --threads 1
+    #    later: re-time only the cells still missing, on this machine, and what their resume states still need
+    uv run python benchmarks/timeseries_reference.py --plan --remaining --precision bf16 --threads 1
     # 2. the grid, in the background: resumable cell by cell (a cell whose JSON exists is skipped; an
     #    interrupted cell continues from its last finished epoch), each cell a fresh subprocess
     OMP_NUM_THREADS=1 nohup nice -n 5 uv run python benchmarks/timeseries_reference.py --run --threads 1 \
@@ -16,7 +18,8 @@ nothing is tuned at all: the recipes are taken as written.
     uv run python benchmarks/timeseries_reference.py --table
 
 Outputs: results/timeseries_reference/<dataset>_<horizon>_<model>.json (one per finished cell),
-results/timeseries_reference_estimates.json and results/timeseries_reference.md. Needs the CSVs
+results/timeseries_reference_estimates.json, results/timeseries_reference_remaining.json and
+results/timeseries_reference.md. Needs the CSVs
 (``$FFNET_DATA_DIR``). Timings are wall-clock seconds on whatever machine runs it, never asserted.
 """
 
