@@ -401,10 +401,15 @@ def ordered_cells(estimates: dict) -> list[tuple[str, int, str]]:
 
 
 def _load_estimates() -> dict:
-    if not ESTIMATES.is_file():
-        return {}
-    return {(r["dataset"], r["horizon"], r["model"]): r["cell_seconds_max"]
-            for r in json.loads(ESTIMATES.read_text())["rows"]}
+    """Seconds per cell for the run order: the plan's, replaced by --plan --remaining's time left where measured."""
+    est = {}
+    if ESTIMATES.is_file():
+        est = {(r["dataset"], r["horizon"], r["model"]): r["cell_seconds_max"]
+               for r in json.loads(ESTIMATES.read_text())["rows"]}
+    if REMAINING.is_file():
+        est.update({(r["dataset"], r["horizon"], r["model"]): r["seconds_left_max"]
+                    for r in json.loads(REMAINING.read_text())["rows"]})
+    return est
 
 
 N_VARS = {"ETTh1": 7, "ETTh2": 7, "ETTm1": 7, "ETTm2": 7, "Weather": 21}

@@ -111,6 +111,9 @@ def test_remaining_plan_counts_the_epochs_a_resume_state_still_needs(bench, monk
     assert by["patchtst"]["epochs_done"] == 4 and by["patchtst"]["seconds_left_max"] == 6 * 600
     assert by["ffnet_ts"]["epochs_done"] == 0 and by["ffnet_ts"]["seconds_left_max"] == 100 * 600
     assert json.loads(out.read_text())["precision"] == "bf16"
+    # the run order now uses the time left: the half-done PatchTST cell (1 h) before FFNet-TS (16.7 h)
+    est = bench._load_estimates()
+    assert est[("ETTh1", 96, "patchtst")] == 3600 and est[("ETTh1", 96, "ffnet_ts")] == 60000
     table = bench.remaining_table()
     assert "| ETTh1 | 96 | PatchTST | 1.00 (32) | 10.0 min | 4 / 10 | 1.0 |" in table
     assert "DLinear" not in table.split("\n\n")[0] and "**18 CPU-hours**" in table
