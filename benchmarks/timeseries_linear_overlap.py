@@ -10,7 +10,11 @@ row the run printed (the closed-form linear map, on the series minus the same cy
 * the RMS of the difference between the two forecasts, next to FFNet-TS's RMS error: how far the network
   moves away from the linear forecast at all;
 * the test MSE of fixed blends ``w * ffnet + (1 - w) * linear`` for w = 0.25, 0.5, 0.75. Nothing is chosen
-  here: the weights are fixed in advance and the rows are a diagnostic, not a model.
+  here: the weights are fixed in advance and the rows are a diagnostic, not a model;
+* ``--validate``: the blend weight chosen on **validation** instead. The run's saved model
+  (``checkpoint_H<h>.pt``) forecasts the validation windows, w in {0, 0.25, 0.5, 0.75, 1} with the lowest
+  validation MSE is taken, and only then is the test MSE of that w read. The checkpoint's test forecasts
+  must reproduce the written file (checked), so the blend is of the model that wrote it.
 
     FFNET_DATA_DIR=../shared/data uv run python benchmarks/timeseries_linear_overlap.py \\
         ~/.cache/ffnet/timeseries_cycle/ETTh1_auto_s2021 ~/.cache/ffnet/timeseries_cycle/ETTh1_auto_s2024
@@ -27,13 +31,50 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from ffnet_ts import data as D
 from ffnet_ts import reference as Rf
+from ffnet_ts import train as T
+from ffnet_ts.model import create_model
 from numpy.lib.stride_tricks import sliding_window_view
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "timeseries_linear_overlap"
 BLENDS = (0.25, 0.5, 0.75)
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # --validate: the candidates for w (0: the linear map, 1: FFNet-TS)
+
+
+class _Linear(torch.nn.Module):
+    """The closed-form linear map as a forecaster: (B, L, C) -> (B, H, C), one map shared by the variables."""
+
+    def __init__(self, weight: np.ndarray):
+        super().__init__()
+        self.register_buffer("w", torch.from_numpy(weight).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("blc,lh->bhc", x, self.w[:-1]) + self.w[-1].view(1, -1, 1)
+
+
+def validated_blend(run: Path, h: int, cp: D.Prepared, weight: np.ndarray, written: np.ndarray) -> dict:
+    """w chosen on the validation windows from WEIGHTS, then its test MSE (everything in the residual space of
+    ``cp``, whose error is the series' error)."""
+    ckpt = T.load_checkpoint(run / f"checkpoint_H{h}.pt")
+    net = create_model(ckpt["model"]["name"], **ckpt["model"]["args"])
+    net.load_state_dict(ckpt["state_dict"])
+    lin = _Linear(weight)
+    pred = {s: (T.evaluate(net, cp, s, return_predictions=True)["predictions"].astype(np.float64),
+                T.evaluate(lin, cp, s, return_predictions=True)["predictions"].astype(np.float64),
+                cp.targets(s).astype(np.float64)) for s in ("val", "test")}
+    if np.abs(D.add_cycle(cp, "test", pred["test"][0]) - written).max() > 1e-4:
+        raise SystemExit(f"error: {run}: checkpoint_H{h}.pt does not reproduce the written forecasts")
+
+    def mse(split, w):
+        f, lf, y = pred[split]
+        return float(np.square(w * f + (1 - w) * lf - y).mean())
+
+    val = {str(w): mse("val", w) for w in WEIGHTS}
+    best = min(WEIGHTS, key=lambda w: val[str(w)])
+    return {"val_mse": val, "chosen_w": best, "test_mse": mse("test", best)}
 
 
 def _reference_prep(prep: D.Prepared, cycle: dict | None) -> D.Prepared:
@@ -44,7 +85,7 @@ def _reference_prep(prep: D.Prepared, cycle: dict | None) -> D.Prepared:
     return D.remove_cycle(prep, replace(cyc, shrink=None if cycle["amplitude"] == "fixed" else D.CYCLE_SHRINK))
 
 
-def overlap(run: Path) -> list[dict]:
+def overlap(run: Path, validate: bool = False) -> list[dict]:
     """One row per horizon of the run in ``run``."""
     meta = json.loads((run / "metrics.json").read_text())
     series = D.load(meta["source"] if Path(meta["source"]).is_file() else meta["data"])
@@ -86,18 +127,27 @@ def overlap(run: Path) -> list[dict]:
             "ffnet_rms_error": float(np.sqrt(np.square(e_f).mean())),
             "blends": {str(w): float(np.square(w * e_f + (1 - w) * e_l).mean()) for w in BLENDS},
         })
+        if validate:
+            rows[-1]["validated"] = validated_blend(run, h, cp, weight, z["predictions"][..., :])
     return rows
 
 
 def table(rows: list[dict]) -> str:
+    val = any("validated" in r for r in rows)
     lines = ["| data | H | seed | members | cycle | FFNet-TS test MSE | linear (+cycle) test MSE | error correlation | "
-             "RMS(FFNet - linear) / FFNet RMS error | " + " | ".join(f"blend w={w}" for w in BLENDS) + " |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|" + "---:|" * len(BLENDS)]
+             "RMS(FFNet - linear) / FFNet RMS error | " + " | ".join(f"blend w={w}" for w in BLENDS)
+             + (" | w chosen on validation (val MSE at w = 0 / chosen / 1) | its test MSE" if val else "") + " |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|" + "---:|" * len(BLENDS) + ("---:|---:|" if val else "")]
     for r in rows:
+        v = r.get("validated")
+        extra = ""
+        if val:
+            extra = (f" | {v['chosen_w']} ({v['val_mse']['0.0']:.4f} / {v['val_mse'][str(v['chosen_w'])]:.4f} / "
+                     f"{v['val_mse']['1.0']:.4f}) | **{v['test_mse']:.4f}**") if v else " | – | –"
         lines.append(f"| {r['data']} | {r['horizon']} | {r['seed']} | {r['members']} | {r['cycle']} | "
                      f"{r['ffnet_mse']:.4f} | {r['linear_mse']:.4f} | {r['error_correlation']:.3f} | "
                      f"{r['rms_forecast_difference']:.3f} / {r['ffnet_rms_error']:.3f} | "
-                     + " | ".join(f"{r['blends'][str(w)]:.4f}" for w in BLENDS) + " |")
+                     + " | ".join(f"{r['blends'][str(w)]:.4f}" for w in BLENDS) + extra + " |")
     return "\n".join(lines)
 
 
@@ -105,12 +155,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="ffnet-ts forecast output directories")
     p.add_argument("--out", type=Path, default=OUT, help="output stem (.json and .md are written)")
+    p.add_argument("--validate", action="store_true",
+                   help="also choose the blend weight on validation with each run's checkpoint and score it on test")
     args = p.parse_args(argv)
     missing = [r for r in args.runs if not (r / "metrics.json").is_file()]
     if missing:
         print(f"error: no metrics.json in {missing[0]} (not a finished ffnet-ts forecast run)", file=sys.stderr)
         return 2
-    rows = [row for run in args.runs for row in overlap(run)]
+    torch.set_num_threads(1)
+    rows = [row for run in args.runs for row in overlap(run, args.validate)]
     for r in rows:  # the run's own score, recomputed from its written file
         if abs(r["ffnet_mse"] - r["run_mse"]) > 1e-5:
             print(f"error: {r['run']}: written forecasts score {r['ffnet_mse']:.6f}, the run said {r['run_mse']:.6f}",
@@ -122,7 +175,8 @@ def main(argv=None) -> int:
         "Generated by `benchmarks/timeseries_linear_overlap.py` from the forecasts each run wrote "
         "(`forecasts_H<h>.npz`, standardized space, every test window). The linear row is the run's own "
         "reference row, refitted and checked against it. Blends use fixed weights (nothing chosen on test); "
-        "they are a diagnostic, not a model.",
+        "they are a diagnostic, not a model. With `--validate`, the last two columns choose w on the validation "
+        "windows with the run's own checkpoint (w = 0 is the linear map, 1 FFNet-TS) and only then read test.",
         "",
         table(rows),
         "",

@@ -71,3 +71,64 @@ def test_a_run_whose_metrics_disagree_with_its_file_is_refused(bench, data_dir, 
     assert "written forecasts score" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
     assert bench.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+
+
+def _model_run(tmp_path, data_dir):
+    """A run directory holding a (random, untrained) DLinear's checkpoint and the forecasts it writes."""
+    import torch
+    from ffnet_ts import data as D
+    from ffnet_ts import reference as Rf
+    from ffnet_ts import train as T
+    from ffnet_ts.model import create_model
+
+    h = 24
+    series = D.load(str(data_dir / "timeseries" / "ETTh1.csv"))
+    prep = D.prepare(series, 96, h)
+    cp = D.remove_cycle(prep, replace(D.fit_cycle(prep, 24), shrink=None))
+    torch.manual_seed(0)
+    args = {"n_vars": 7, "lookback": 96, "horizon": h}
+    net = create_model("dlinear", **args)
+    fc = D.add_cycle(cp, "test", T.evaluate(net, cp, "test", return_predictions=True)["predictions"])
+    a, _ = prep.borders["test"]
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / f"forecasts_H{h}.npz", predictions=fc, columns=np.array(prep.columns),
+             target_start_ns=series.dates.asi8[a + 96:a + 96 + len(fc)], mean=prep.mean, std=prep.std)
+    T.save_atomic({"format": T.CHECKPOINT_FORMAT, "model": {"name": "dlinear", "args": args},
+                   "state_dict": net.state_dict()}, run / f"checkpoint_H{h}.pt")
+    (run / "metrics.json").write_text(json.dumps({
+        "data": "ETTh1", "source": str(data_dir / "timeseries" / "ETTh1.csv"), "lookback": 96,
+        "horizons": {str(h): {"mse": float(np.square(fc.astype(np.float64) - prep.targets("test")).mean()),
+                              "cycle": {"used": True, "period": 24, "amplitude": "fixed"},
+                              "reference": {"linear_cycle": Rf.reference_metrics(prep, "test", cycle_prep=cp)
+                                            ["linear_cycle"]}}}}))
+    return run, net, cp
+
+
+def test_validated_blend_reads_validation_from_the_checkpoint_and_test_only_for_the_choice(bench, data_dir,
+                                                                                           tmp_path):
+    from ffnet_ts import reference as Rf
+    from ffnet_ts import train as T
+
+    run, net, cp = _model_run(tmp_path, data_dir)
+    assert bench.main([str(run), "--validate", "--out", str(tmp_path / "out")]) == 0
+    (row,) = json.loads((tmp_path / "out.json").read_text())["rows"]
+    v = row["validated"]
+    # the ends of the weight grid are the two models alone, scored independently
+    assert v["val_mse"]["1.0"] == pytest.approx(T.evaluate(net, cp, "val")["mse"], rel=1e-6)
+    assert v["val_mse"]["0.0"] == pytest.approx(Rf.fit_linear(cp).val_mse, rel=1e-6)
+    assert v["chosen_w"] == min(bench.WEIGHTS, key=lambda w: v["val_mse"][str(w)])
+    # an untrained network is far worse than the linear map on validation: the choice leans to the linear map
+    assert v["chosen_w"] < 0.5 and v["test_mse"] < row["ffnet_mse"]
+    assert "w chosen on validation" in (tmp_path / "out.md").read_text()
+
+
+def test_a_checkpoint_that_did_not_write_the_forecasts_is_refused(bench, data_dir, tmp_path):
+    import torch
+
+    run, net, _ = _model_run(tmp_path, data_dir)
+    ck = torch.load(run / "checkpoint_H24.pt", weights_only=False)
+    ck["state_dict"] = {k: v + 0.01 for k, v in ck["state_dict"].items()}
+    torch.save(ck, run / "checkpoint_H24.pt")
+    with pytest.raises(SystemExit, match="does not reproduce the written forecasts"):
+        bench.main([str(run), "--validate", "--out", str(tmp_path / "out")])
