@@ -361,15 +361,19 @@ def remaining_table() -> str:
              "|---|---:|---|---:|---:|---:|---:|"]
     total = {}
     for r in sorted(rows, key=lambda r: (r["model"], DATASETS.index(r["dataset"]), r["horizon"])):
-        total[r["model"]] = total.get(r["model"], 0.0) + r["seconds_left_max"]
+        # the epochs done now (the resume state moves on after the measurement), at the measured epoch time
+        done = max(_progress(cell_name(r["dataset"], r["horizon"], r["model"]), est["precision"])[0],
+                   r["epochs_done"])
+        left = (r["max_epochs"] - done) * r["epoch_seconds"]
+        total[r["model"]] = total.get(r["model"], 0.0) + left
         lines.append(f"| {r['dataset']} | {r['horizon']} | {NAMES[r['model']]} | {r['step_seconds']:.2f} "
-                     f"({r['batch_size']}) | {_duration(r['epoch_seconds'])} | {r['epochs_done']} / "
-                     f"{r['max_epochs']} | {r['seconds_left_max'] / 3600:.1f} |")
+                     f"({r['batch_size']}) | {_duration(r['epoch_seconds'])} | {done} / "
+                     f"{r['max_epochs']} | {left / 3600:.1f} |")
     lines.append("| **total** | | " + ", ".join(f"{NAMES[m]} {v / 3600:.0f} h" for m, v in total.items())
                  + f" | | | | **{sum(total.values()) / 3600:.0f} CPU-hours** |")
     return "\n".join(lines) + (
         f"\n\nMeasured {est['measured']} at {est['precision']}, {est['threads']} thread, load average "
-        f"{est['loadavg']} (two grid runners at nice 15 beside it), code {est['git']}. \"At most\" is the recipe's "
+        f"{est['loadavg']}, code {est['git']}; epochs done as of the last --table. \"At most\" is the recipe's "
         "maximum epochs; early stopping ends most cells sooner (the finished cells above stopped at a median of "
         f"{_median_stop_fraction()} of their maximum).")
 

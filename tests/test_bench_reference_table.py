@@ -119,5 +119,7 @@ def test_remaining_plan_counts_the_epochs_a_resume_state_still_needs(bench, monk
     assert "DLinear" not in table.split("\n\n")[0] and "**18 CPU-hours**" in table
     assert "median of 50 %" in table  # the finished DLinear cell ran 5 of its 10 epochs
     landed = {**_cell("ETTh1", 96, "patchtst", 0.4), "epochs_run": 10}
+    torch.save({"epoch": 7, "bad_epochs": 0}, state / "ETTh1_96_patchtst.bf16.pt")  # the cell moved on
+    assert "| ETTh1 | 96 | PatchTST | 1.00 (32) | 10.0 min | 7 / 10 | 0.5 |" in bench.remaining_table()
     (cells / "ETTh1_96_patchtst.json").write_text(json.dumps(landed))  # a cell that lands leaves the table
     assert "PatchTST" not in bench.remaining_table().split("\n\n")[0]
