@@ -128,7 +128,7 @@ def overlap(run: Path, validate: bool = False) -> list[dict]:
             "blends": {str(w): float(np.square(w * e_f + (1 - w) * e_l).mean()) for w in BLENDS},
         })
         if validate:
-            rows[-1]["validated"] = validated_blend(run, h, cp, weight, z["predictions"][..., :])
+            rows[-1]["validated"] = validated_blend(run, h, cp, weight, z["predictions"])
     return rows
 
 
