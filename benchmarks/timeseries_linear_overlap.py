@@ -35,7 +35,7 @@ import torch
 from ffnet_ts import data as D
 from ffnet_ts import reference as Rf
 from ffnet_ts import train as T
-from ffnet_ts.model import create_model
+from ffnet_ts.model import LinearMap, create_model
 from numpy.lib.stride_tricks import sliding_window_view
 
 HERE = Path(__file__).resolve().parent
@@ -44,37 +44,20 @@ BLENDS = (0.25, 0.5, 0.75)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # --validate: the candidates for w (0: the linear map, 1: FFNet-TS)
 
 
-class _Linear(torch.nn.Module):
-    """The closed-form linear map as a forecaster: (B, L, C) -> (B, H, C), one map shared by the variables."""
-
-    def __init__(self, weight: np.ndarray):
-        super().__init__()
-        self.register_buffer("w", torch.from_numpy(weight).float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("blc,lh->bhc", x, self.w[:-1]) + self.w[-1].view(1, -1, 1)
-
-
 def validated_blend(run: Path, h: int, cp: D.Prepared, weight: np.ndarray, written: np.ndarray) -> dict:
     """w chosen on the validation windows from WEIGHTS, then its test MSE (everything in the residual space of
-    ``cp``, whose error is the series' error)."""
+    ``cp``, whose error is the series' error; the scoring is ``ffnet-ts forecast --blend auto``'s)."""
     ckpt = T.load_checkpoint(run / f"checkpoint_H{h}.pt")
     net = create_model(ckpt["model"]["name"], **ckpt["model"]["args"])
     net.load_state_dict(ckpt["state_dict"])
-    lin = _Linear(weight)
-    pred = {s: (T.evaluate(net, cp, s, return_predictions=True)["predictions"].astype(np.float64),
-                T.evaluate(lin, cp, s, return_predictions=True)["predictions"].astype(np.float64),
-                cp.targets(s).astype(np.float64)) for s in ("val", "test")}
-    if np.abs(D.add_cycle(cp, "test", pred["test"][0]) - written).max() > 1e-4:
+    fc = T.evaluate(net, cp, "test", return_predictions=True)["predictions"]
+    if np.abs(D.add_cycle(cp, "test", fc) - written).max() > 1e-4:
         raise SystemExit(f"error: {run}: checkpoint_H{h}.pt does not reproduce the written forecasts")
-
-    def mse(split, w):
-        f, lf, y = pred[split]
-        return float(np.square(w * f + (1 - w) * lf - y).mean())
-
-    val = {str(w): mse("val", w) for w in WEIGHTS}
-    best = min(WEIGHTS, key=lambda w: val[str(w)])
-    return {"val_mse": val, "chosen_w": best, "test_mse": mse("test", best)}
+    lin = LinearMap.from_weight(weight)
+    val = T.blend_mse(net, lin, cp, "val", WEIGHTS)
+    best = min(WEIGHTS, key=lambda w: val[w])
+    return {"val_mse": {str(w): v for w, v in val.items()}, "chosen_w": best,
+            "test_mse": T.blend_mse(net, lin, cp, "test", [best])[best]}
 
 
 def _reference_prep(prep: D.Prepared, cycle: dict | None) -> D.Prepared:

@@ -30,8 +30,10 @@ def test_forecast_writes_everything_and_refuses_to_overwrite(small_csv, tmp_path
     printed = capsys.readouterr().out
     assert "| horizon |" in printed and "|      24 |" in printed
     names = {p.name for p in out.iterdir()}
-    assert names == {"metrics.json", "checkpoint_H24.pt", "resume_H24.pt", "forecasts_H24.npz", "forecast_H24.png"}
     m = json.loads((out / "metrics.json").read_text())["horizons"]["24"]
+    blended = {"network_H24.pt"} if m["blend"]["w"] < 1 else set()  # --blend auto moved the network aside
+    assert names == {"metrics.json", "checkpoint_H24.pt", "resume_H24.pt", "forecasts_H24.npz", "forecast_H24.png",
+                     *blended}
     assert m["test_windows"] == int(600 * 0.2) - 24 + 1 and m["params"] > 0 and m["train_seconds"] > 0
     f = np.load(out / "forecasts_H24.npz")
     assert f["predictions"].shape == (m["test_windows"], 24, 7) and list(f["columns"])[-1] == "OT"

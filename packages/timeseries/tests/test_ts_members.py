@@ -22,7 +22,8 @@ L, H = 48, 24
 
 def _forecast(csv, out, *extra):
     return cli.main(["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", str(L), "--horizon",
-                     str(H), "--epochs", "2", "--cycle", "off", "--no-progress", "--out", str(out), *extra])
+                     str(H), "--epochs", "2", "--cycle", "off", "--blend", "off", "--no-progress", "--out", str(out),
+                     *extra])
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_auto_leaves_out_a_member_that_does_not_help_on_validation(small_csv, tm
         return res
 
     monkeypatch.setattr(T, "fit", spoil_second)
-    argv = ["--time-budget", "2", "--epochs", "2", "--cycle", "off", "--no-progress"]
+    argv = ["--time-budget", "2", "--epochs", "2", "--cycle", "off", "--blend", "off", "--no-progress"]
     base = ["forecast", "--data", str(small_csv), "--model", "ffnet_ts_tiny", "--lookback", str(L), "--horizon",
             str(H), *argv]
     assert cli.main([*base, "--out", str(tmp_path / "auto")]) == 0

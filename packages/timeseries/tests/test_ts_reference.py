@@ -107,7 +107,10 @@ def test_cli_writes_reference_rows_and_skill(small_csv, tmp_path, capsys):
     # the validation note appears exactly when a reference row is ahead of the model on validation
     lin_val = min(r["val_mse"] for k, r in ref.items() if k in ("linear", "linear_cycle"))
     note = [line for line in printed.splitlines() if line.startswith(f"note: H={H}:")]
-    assert len(note) == (1 if lin_val < m["best_val_mse"] else 0)
+    if "blend" in m:  # --blend auto has chosen on validation already: a note says so unless it kept the model
+        assert len(note) == (m["blend"]["w"] != 1) and all("--blend auto chose" in n for n in note)
+    else:
+        assert len(note) == (1 if lin_val < m["best_val_mse"] else 0)
 
 
 def test_validation_note_names_the_better_reference_row():

@@ -143,7 +143,8 @@ def test_plan_fits_the_budget():
     assert plans[-1].n_configs == 9 and plans[-1].epoch_windows == 8449  # enough time: full epochs
 
 
-def test_cli_tune_scores_test_once_after_the_choice(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("blend", ["off", "auto"])
+def test_cli_tune_scores_test_once_after_the_choice(tmp_path, monkeypatch, capsys, blend):
     rng = np.random.default_rng(1)
     t = np.arange(360)
     df = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=len(t), freq="D"),
@@ -162,13 +163,25 @@ def test_cli_tune_scores_test_once_after_the_choice(tmp_path, monkeypatch, capsy
         events.append("chosen")
         return res
 
+    def spy_blend(model, other, p, split, *a, **kw):
+        events.append(f"blend {split}")
+        return real_blend(model, other, p, split, *a, **kw)
+
+    real_blend = T.blend_mse
     monkeypatch.setattr(T, "evaluate", spy_eval)
+    monkeypatch.setattr(T, "blend_mse", spy_blend)
     monkeypatch.setattr(TU, "tune", spy_tune)
     out = tmp_path / "run"
     assert cli.main(["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", str(L), "--horizon",
-                     str(H), "--tune", "0.05", "--epochs", "3", "--no-progress", "--out", str(out)]) == 0
-    assert events.count("test") == 1 and events[-2:] == ["chosen", "test"]
+                     str(H), "--tune", "0.05", "--epochs", "3", "--blend", blend, "--no-progress", "--out",
+                     str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())["horizons"][str(H)]
+    if blend == "off":
+        assert events.count("test") == 1 and events[-2:] == ["chosen", "test"]
+    else:  # the blend is chosen on validation after the search; then test: the output, and the network alone
+        first = events.index("test")
+        assert events[first - 2:first] == ["chosen", "blend val"] and "blend test" not in events
+        assert events[first:] == ["test"] * (1 + (m["blend"]["w"] < 1))
     tuned = m["tune"]
     assert set(tuned["chosen"]) == set(TU.SEARCH_SPACE) and tuned["table"] and tuned["budget_s"] == 3.0
     assert sum(r["chosen"] for r in tuned["table"]) == 1

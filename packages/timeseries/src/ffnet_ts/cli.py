@@ -26,7 +26,7 @@ DEFAULT_LR = 1e-4
 DEFAULT_BATCH = 128
 DEFAULT_SCHEDULE = "type3"
 OUTPUT_PATTERNS = ("metrics.json", "checkpoint_H*.pt", "resume_H*.pt", "forecasts_H*.npz", "forecast_H*.png",
-                   "tune_H*", "member*_H*.pt", "resume_member*_H*.pt", "members_H*.json")
+                   "tune_H*", "member*_H*.pt", "resume_member*_H*.pt", "members_H*.json", "network_H*.pt")
 
 
 class UsageError(ValueError):
@@ -223,15 +223,19 @@ def cmd_forecast(args) -> int:
             model, cfg, res, members = _train_members(args, members_requested, tprep, out, h, share, cap, device,
                                                       info, margs, f"{series.name} H={h}")
             spent += res.train_seconds
+        network, blend = model, None
+        if args.blend == "auto":  # validation only
+            model, blend = _blend_linear(args, model, tprep, cfg, device, out, h, info)
         # the test split is scored here, once, after training (and any search) has finished
         test, forecasts = _score_test(model, prep, tprep, cfg.eval_batch_size, device)
         used = _kept(members)
         if len(used) > 1:  # each member's own test score, for the record (nothing is chosen)
-            for rec, m in zip(used, model.members):
+            for rec, m in zip(used, network.members):
                 t, _ = _score_test(m, prep, tprep, cfg.eval_batch_size, device)
                 rec["test_mse"], rec["test_mae"] = t["mse"], t["mae"]
         ref = R.reference_metrics(prep, "test", cycle_prep=cprep) if info.master else None
-        params = sum(p.numel() for p in model.parameters()) + (cprep.cycle.table.size if cprep is not None else 0)
+        params = (sum(p.numel() for p in network.parameters()) + (cprep.cycle.table.size if cprep is not None else 0)
+                  + (tprep.lookback + 1) * h * (blend is not None and blend["w"] < 1.0))
         entry = {
             "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"], "cycle": cycle_rec,
             "val_windows": prep.windows("val"), "train_windows": prep.windows("train"),
@@ -245,9 +249,16 @@ def cmd_forecast(args) -> int:
         }
         if len(members) > 1:
             entry["members"] = members
+        if blend is not None:
+            if model is not network:  # the forecaster alone on the same windows, for the record (nothing is chosen)
+                t, _ = _score_test(network, prep, tprep, cfg.eval_batch_size, device)
+                blend["network_test"] = {"mse": t["mse"], "mae": t["mae"]}
+            entry["blend"] = blend
         if ref is not None:
             entry["skill_vs_naive"] = R.skill(test["mse"], ref["naive"]["mse"])
             entry["reference"] = ref
+            if "network_test" in (blend or {}):
+                blend["network_test"]["skill_vs_naive"] = R.skill(blend["network_test"]["mse"], ref["naive"]["mse"])
         if search is not None:
             st = search.state
             entry["tune"] = {"chosen": search.config, "candidate": search.candidate, "budget_s": share,
@@ -298,6 +309,49 @@ def _score_test(model, prep, tprep, batch_size: int, device):
     err = fc.astype(np.float64) - prep.targets("test")
     t["mse"], t["mae"] = float(np.square(err).mean()), float(np.abs(err).mean())
     return t, fc
+
+
+def _blend_linear(args, model, prep, cfg, device, out: Path, h: int, info):
+    """``--blend auto``: average the trained forecaster with the closed-form linear map fitted on ``prep``'s train
+    windows (the table's reference row for the space the forecaster sees), w from ``model.BLEND_WEIGHTS`` with
+    the lowest **validation** MSE (on a tie, the larger w).
+
+    Returns ``(forecaster, record)``. With w < 1 the forecaster is a :class:`~ffnet_ts.model.LinearBlend`,
+    saved as ``checkpoint_H<h>.pt`` (so ``predict`` and ``export`` use it), and the forecaster alone moves to
+    ``network_H<h>.pt``; with w = 1 nothing changes."""
+    from . import reference as R
+    from . import train as T
+    from .model import BLEND, BLEND_WEIGHTS, LinearBlend, MeanEnsemble
+
+    fit = R.fit_linear(prep)
+    lin = fit.as_module().to(device)
+    val = T.blend_mse(model, lin, prep, "val", BLEND_WEIGHTS, batch_size=cfg.eval_batch_size, device=device)
+    w = min(BLEND_WEIGHTS, key=lambda k: val[k])  # BLEND_WEIGHTS starts at 1: ties keep more of the forecaster
+    rec = {"mode": "auto", "w": w, "val_mse": {f"{k:g}": v for k, v in val.items()},
+           "linear_ridge_alpha": fit.alpha, "weights_tried": list(BLEND_WEIGHTS)}
+    if info.master:
+        print(f"H={h}: --blend auto: validation MSE {val[1.0]:.4f} for {args.model} alone, {val[0.0]:.4f} for the "
+              f"closed-form linear map" + (f", {val[w]:.4f} at w = {w:g}" if 0.0 < w < 1.0 else "") + "; "
+              + ("keeping the forecaster alone" if w == 1.0 else
+                 "using the linear map alone (w = 0)" if w == 0.0 else f"using the blend w = {w:g}"), file=sys.stderr)
+    if w == 1.0:
+        return model, rec
+    member, n = (model.member, len(model.members)) if isinstance(model, MeanEnsemble) else (args.model, 1)
+    path = out / f"checkpoint_H{h}.pt"
+    ckpt = T.load_checkpoint(path)
+    if ckpt["model"]["name"] == BLEND:  # --resume of a run blended before: its forecaster's own record
+        ckpt = T.load_checkpoint(out / f"network_H{h}.pt")
+    margs = {k: v for k, v in ckpt["model"]["args"].items() if k not in ("member", "n")}
+    blended = LinearBlend(member=member, n=n, w=w, **margs)
+    blended.net.load_state_dict(model.state_dict())
+    blended.linear.load_state_dict(lin.state_dict())
+    blended.to(device)
+    if info.master:
+        T.save_atomic({**ckpt, "state_dict": model.state_dict()}, out / f"network_H{h}.pt")
+        T.save_atomic({**{k: v for k, v in ckpt.items() if k != "val_mae"},
+                       "model": {"name": BLEND, "args": {"member": member, "n": n, "w": w, **margs}},
+                       "state_dict": blended.state_dict(), "val_mse": val[w], "blend": rec}, path)
+    return blended, rec
 
 
 TUNE_DEFAULT = -1.0  # `--tune` without minutes: use --time-budget or the default budget
@@ -401,8 +455,11 @@ def _train_members(args, requested: int | None, prep, out: Path, h: int, share: 
         if k == 1 and done[0]["checkpoint"] != f"member0_H{h}.pt":
             # the first member becomes one of several: keep its weights under its member name, and list it
             done[0]["checkpoint"] = f"member0_H{h}.pt"
-            if info.master:
-                shutil.copyfile(out / f"checkpoint_H{h}.pt", out / f"member0_H{h}.pt")
+            if info.master:  # (a blend saved by an earlier --blend auto moved the forecaster to network_H<h>.pt)
+                first_ckpt = out / f"network_H{h}.pt"
+                if not (args.resume and first_ckpt.is_file()):
+                    first_ckpt = out / f"checkpoint_H{h}.pt"
+                shutil.copyfile(first_ckpt, out / f"member0_H{h}.pt")
             save_state()
         if k >= 1 and info.master:
             print(f"H={h}: training ensemble member {k + 1} (seed {seed})"
@@ -495,9 +552,18 @@ def _forecast_table(model: str, rows: list) -> str:
     for h, e in rows:
         n = len(_kept(e.get("members", [])))
         name = f"{model} (mean of {n})" if n > 1 else model
-        lines.append(f"| {h:7d} | {name} | {e['mse']:.4f} | {e['mae']:.4f} | {e.get('skill_vs_naive', float('nan')):+.3f} "
+        net = (e.get("blend") or {}).get("network_test")
+        label = name
+        if net is not None:
+            w = e["blend"]["w"]
+            label = (f"linear map (w = 0: validation preferred it to {name})" if w == 0 else
+                     f"{name} + linear map, w = {w:g} (chosen on validation)")
+        lines.append(f"| {h:7d} | {label} | {e['mse']:.4f} | {e['mae']:.4f} | {e.get('skill_vs_naive', float('nan')):+.3f} "
                      f"| {e['test_windows']} | {e['train_seconds']:.1f} | {e['params']} | "
                      f"{e['epochs_run']} ({e['best_epoch']}) | {e['stop_reason'].replace('_', ' ')} |")
+        if net is not None:
+            lines.append(f"| {h:7d} | {name} alone | {net['mse']:.4f} | {net['mae']:.4f} | "
+                         f"{net.get('skill_vs_naive', float('nan')):+.3f} | {e['test_windows']} | - | - | - | - |")
         ref = e.get("reference")
         if ref:
             n, li = ref["naive"], ref["linear"]
@@ -546,6 +612,15 @@ def _validation_notes(model: str, rows: list) -> list[str]:
     notes = []
     for h, e in rows:
         ref = e.get("reference") or {}
+        b = e.get("blend")
+        if b is not None:  # --blend auto already chose between the two (and their blends) on validation
+            v = b["val_mse"]
+            w = f"{b['w']:g}"
+            if w != "1":
+                notes.append(f"note: H={h}: --blend auto chose w = {w} on validation (MSE {v['1']:.4f} for {model} "
+                             f"alone, {v['0']:.4f} for the linear map" + (f", {v[w]:.4f} blended" if w != "0" else "")
+                             + "); --blend off keeps the model alone")
+            continue
         if e["train_config"].get("val_stride", 1) != 1 or not ref:
             continue
         names = {"linear": "linear", "linear_cycle": "linear + cycle"}
@@ -740,6 +815,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"the slowest one so far, up to {MAX_MEMBERS}; a single model when --epochs is given alone, "
                         "with --tune, or under torchrun")
     f.add_argument("--dropout", type=float, default=None, help="channel-mixer dropout (default: per dataset)")
+    f.add_argument("--blend", default="auto", choices=["auto", "off"],
+                   help="auto (default): after training, average the model with the closed-form linear reference "
+                        "map, the model's weight w in {1, 0.75, 0.5, 0.25, 0} chosen on validation (w = 1 keeps the "
+                        "model alone; the table shows the model alone too); off: the model alone")
     f.add_argument("--cycle", default="auto", metavar="auto|off|N",
                    help="remove a per-variable cycle fitted on the train split before the model, add it back after "
                         "(ours). auto (default): the daily cycle of the time step (hourly 24, 15 min 96, daily 7), "

@@ -45,12 +45,18 @@ from .fastconv import (
     to_channel_major,
 )
 
-__all__ = ["FFNetTS", "create_model", "list_models", "dataset_defaults", "MODEL_VARIANTS"]
+__all__ = ["FFNetTS", "LinearBlend", "LinearMap", "create_model", "list_models", "dataset_defaults", "MODEL_VARIANTS",
+           "linear_forecast"]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------------------
+
+
+def linear_forecast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One linear map shared by the variables: (B, L, M) -> (B, H, M), ``weight`` (L, H), ``bias`` (H,)."""
+    return (x.transpose(1, 2) @ weight + bias).transpose(1, 2)
 
 
 def _bn_scale_shift(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +329,7 @@ class FFNetTS(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = None
         if self.linear_base:
-            base = (x.transpose(1, 2) @ self.base_weight + self.base_bias).transpose(1, 2)  # (B, H, M)
+            base = linear_forecast(x, self.base_weight, self.base_bias)
         stats = None
         if self.revin is not None:
             x, stats = self.revin.norm(x)
@@ -427,6 +433,60 @@ class MeanEnsemble(nn.Module):
 ENSEMBLE = "ensemble"  # the checkpoint name of a MeanEnsemble: args {"member": name, "n": count, **member args}
 
 
+class LinearMap(nn.Module):
+    """The closed-form linear forecaster as a module: ``weight`` (lookback + 1, horizon) in
+    :func:`ffnet_ts.reference.fit_linear`'s layout (last row the intercept), one map shared by the variables."""
+
+    def __init__(self, lookback: int, horizon: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(lookback + 1, horizon))
+
+    @classmethod
+    def from_weight(cls, weight) -> LinearMap:
+        w = torch.as_tensor(weight, dtype=torch.float32)
+        m = cls(w.shape[0] - 1, w.shape[1])
+        m.weight.copy_(w)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_forecast(x, self.weight[:-1], self.weight[-1])
+
+
+class LinearBlend(nn.Module):
+    """Ours: ``w * forecaster(x) + (1 - w) * linear(x)``, a trained forecaster averaged with the closed-form
+    linear map that the forecast table prints as its reference row (fitted on the train windows, in the space
+    the forecaster sees: the series or the series minus its cycle).
+
+    ``ffnet-ts forecast --blend auto`` chooses ``w`` on the validation windows from ``BLEND_WEIGHTS`` after
+    training and saves the blend as one model, so ``predict``, ``export --onnx`` and ``evaluate`` need nothing
+    new. ``w = 1`` is the forecaster alone (then no blend is saved); ``w = 0`` is the linear map alone (the
+    forecaster's weights are kept but not run).
+
+    Args:
+        member: the forecaster's registered name; ``n`` > 1 makes it a :class:`MeanEnsemble` of ``n``.
+        w: the forecaster's weight in [0, 1].
+        member_args: the forecaster's own (``n_vars``, ``lookback``, ``horizon``, ...).
+    """
+
+    def __init__(self, member: str = "ffnet_ts", n: int = 1, w: float = 1.0, **member_args):
+        super().__init__()
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"a blend weight must be in [0, 1] (got {w})")
+        self.w = float(w)
+        self.net = MeanEnsemble(member, n, **member_args) if n > 1 else create_model(member, **member_args)
+        self.linear = LinearMap(member_args["lookback"], member_args["horizon"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lin = self.linear(x)
+        if self.w == 0.0:
+            return lin
+        return self.w * self.net(x) + (1.0 - self.w) * lin
+
+
+BLEND = "linear_blend"  # the checkpoint name of a LinearBlend: args {"member", "n", "w", **member args}
+BLEND_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)  # --blend auto's candidates for w, the forecaster alone first
+
+
 def list_models() -> list[str]:
     """The forecasters ``--model`` accepts (an ensemble is built with ``--members``, not named)."""
     return sorted(_FACTORIES)
@@ -434,12 +494,15 @@ def list_models() -> list[str]:
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered forecaster: ``ffnet_ts``, ``ffnet_ts_lb``, ``ffnet_ts_tiny``, ``dlinear``, ``patchtst``,
-    ``itransformer``; or ``ensemble`` (:class:`MeanEnsemble`, args ``member``, ``n`` and the member's own).
+    ``itransformer``; or ``ensemble`` (:class:`MeanEnsemble`, args ``member``, ``n`` and the member's own), or
+    ``linear_blend`` (:class:`LinearBlend`, args ``member``, ``n``, ``w`` and the member's own).
 
     All take ``n_vars``, ``lookback`` and ``horizon``; the remaining kwargs are the model's own.
     """
     if name == ENSEMBLE:
         return MeanEnsemble(**kwargs)
+    if name == BLEND:
+        return LinearBlend(**kwargs)
     if name not in _FACTORIES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _FACTORIES[name](**kwargs)

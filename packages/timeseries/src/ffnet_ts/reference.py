@@ -87,6 +87,12 @@ class LinearBaseline:
         """(n, lookback) -> (n, horizon)."""
         return x @ self.weight[:-1] + self.weight[-1]
 
+    def as_module(self) -> torch.nn.Module:
+        """The map as a forecaster module, (B, lookback, M) -> (B, horizon, M) (:class:`ffnet_ts.model.LinearMap`)."""
+        from .model import LinearMap
+
+        return LinearMap.from_weight(self.weight)
+
 
 def _scores_many(weights: list[np.ndarray], prep: Prepared, split: str, columns) -> list[tuple[float, float]]:
     """(MSE, MAE) of each weight over ``split``; each column's windows are built once for all the weights."""

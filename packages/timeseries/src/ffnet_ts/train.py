@@ -234,6 +234,34 @@ def _cycle_windows(crow: torch.Tensor | None, start: int, idx: torch.Tensor, loo
     return (None, None) if crow is None else gather_windows(crow, start, idx, lookback, horizon)
 
 
+def _scored_batches(models: list[nn.Module], prep: Prepared, split: str, batch_size: int, device: torch.device,
+                    amp: bool, stride: int):
+    """For every batch of ``split``'s windows (every ``stride``-th): ``([each model's forecast], target)``, both
+    float32 (batch, H, scored columns) on ``device``. The models are in eval mode meanwhile."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    data = prep.data.to(device)
+    crow, shrink = _cycle_rows(prep, device)
+    start, total = prep.borders[split][0], prep.windows(split)
+    windows = torch.arange(0, total, max(int(stride), 1), device=device)
+    out_idx = torch.tensor(prep.out_idx, device=device)
+    try:
+        for i in range(0, len(windows), batch_size):
+            idx = windows[i:i + batch_size]
+            x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
+            cx, cy = _cycle_windows(crow, start, idx, prep.lookback, prep.horizon)
+            outs = []
+            for m in models:
+                with _autocast(device, amp):
+                    out = cycle_forward(m, x, cx, cy, shrink)
+                outs.append(out.float()[..., out_idx])
+            yield outs, y[..., out_idx]
+    finally:
+        for m, t in zip(models, was_training):
+            m.train(t)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_size: int = 512,
              device: torch.device | str = "cpu", amp: bool = False, return_predictions: bool = False,
@@ -245,33 +273,35 @@ def evaluate(model: nn.Module, prep: Prepared, split: str = "test", *, batch_siz
     (windows, H, scored columns)).
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    data = prep.data.to(device)
-    crow, shrink = _cycle_rows(prep, device)
-    start, total = prep.borders[split][0], prep.windows(split)
-    windows = torch.arange(0, total, max(int(stride), 1), device=device)
-    n = len(windows)
-    out_idx = torch.tensor(prep.out_idx, device=device)
     sse = sae = 0.0
     preds = []
-    for i in range(0, n, batch_size):
-        idx = windows[i:i + batch_size]
-        x, y = gather_windows(data, start, idx, prep.lookback, prep.horizon)
-        cx, cy = _cycle_windows(crow, start, idx, prep.lookback, prep.horizon)
-        with _autocast(device, amp):
-            out = cycle_forward(model, x, cx, cy, shrink)
-        p, t = out.float()[..., out_idx], y[..., out_idx]
+    n = len(range(0, prep.windows(split), max(int(stride), 1)))
+    for (p,), t in _scored_batches([model], prep, split, batch_size, device, amp, stride):
         sse += (p - t).pow(2).sum(dtype=torch.float64).item()
         sae += (p - t).abs().sum(dtype=torch.float64).item()
         if return_predictions:
             preds.append(p.cpu())
-    model.train(was_training)
     count = n * prep.horizon * len(prep.out_idx)
     res = {"mse": sse / count, "mae": sae / count, "windows": n}
     if return_predictions:
         res["predictions"] = torch.cat(preds).numpy()
     return res
+
+
+@torch.no_grad()
+def blend_mse(model: nn.Module, other: nn.Module, prep: Prepared, split: str, weights, *, batch_size: int = 512,
+              device: torch.device | str = "cpu") -> dict[float, float]:
+    """``{w: MSE of w * model + (1 - w) * other}`` over every window of ``split``, for every ``w`` in ``weights``,
+    from one pass of each model (the squared error of a blend is a quadratic in w: three float64 sums)."""
+    device = torch.device(device)
+    aa = ab = bb = 0.0
+    for (p, q), t in _scored_batches([model, other], prep, split, batch_size, device, False, 1):
+        ea, eb = (p - t).double(), (q - t).double()
+        aa += ea.square().sum().item()
+        ab += (ea * eb).sum().item()
+        bb += eb.square().sum().item()
+    count = prep.windows(split) * prep.horizon * len(prep.out_idx)
+    return {float(w): (w * w * aa + 2 * w * (1 - w) * ab + (1 - w) ** 2 * bb) / count for w in weights}
 
 
 # ---------------------------------------------------------------------------------------------------------
