@@ -2,7 +2,8 @@
 
 Each run is the README's default command (9-minute time budget, early stopping) at H=96:
 
-    uv run ffnet-ts forecast --data <ds> --horizon 96 --cycle auto|off --seed <seed> --threads 1 [--precision bf16]
+    uv run ffnet-ts forecast --data <ds> --horizon 96 --cycle auto|off --seed <seed> --threads 1 [--precision bf16] \
+        --blend off   # the network's own forecasts (runs before session 22 had no blend step)
 
     nice -n 10 uv run python benchmarks/timeseries_cycle.py                       # resumable
     uv run python benchmarks/timeseries_cycle.py --datasets ETTh1 --seeds 2021 2022 2023 --cycles auto off
@@ -74,7 +75,8 @@ def run_one(work: Path, ds: str, cycle: str, seed: int, precision: str, threads:
     if (d / "metrics.json").is_file():
         return d
     cmd = ["ffnet-ts", "forecast", "--data", ds, "--horizon", str(H), *cycle_flags(cycle), "--seed", str(seed),
-           "--threads", str(threads), "--precision", precision, "--no-progress", "--out", str(d), "--force"]
+           "--threads", str(threads), "--precision", precision, "--blend", "off", "--no-progress", "--out", str(d),
+           "--force"]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)

@@ -75,6 +75,10 @@ def overlap(run: Path, validate: bool = False) -> list[dict]:
     rows = []
     for key, h_rec in meta["horizons"].items():
         h = int(key.lstrip("H"))
+        if h_rec.get("blend", {}).get("w", 1.0) < 1.0:
+            raise SystemExit(f"error: {run}: H{h} wrote a blend with the linear map (--blend auto chose w = "
+                             f"{h_rec['blend']['w']:g}); this diagnostic needs the network's own forecasts "
+                             f"(--blend off)")
         z = np.load(run / f"forecasts_H{h}.npz")
         prep = D.prepare(series, int(meta["lookback"]), h)
         L = prep.lookback

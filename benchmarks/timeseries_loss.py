@@ -41,7 +41,7 @@ def run_one(work: Path, loss: str, seed: int, threads: int, precision: str = "fp
     if (d / "metrics.json").is_file():
         return d
     cmd = ["ffnet-ts", "forecast", "--data", "ETTh1", "--horizon", "96", "--epochs", "15", "--loss", loss,
-           "--seed", str(seed), "--threads", str(threads), "--no-progress", "--out", str(d), "--force"]
+           "--seed", str(seed), "--threads", str(threads), "--blend", "off", "--no-progress", "--out", str(d), "--force"]
     if precision != "fp32":
         cmd += ["--precision", precision]
     print("running:", " ".join(cmd), flush=True)
