@@ -138,6 +138,9 @@ def test_cli_blend_writes_what_the_validated_blend_forecasts(spoiled_run, small_
     if b["w"] == 0.0:  # the linear map alone: the reference row of the same space, exactly
         key = "linear_cycle" if cprep is not None else "linear"
         assert m["mse"] == pytest.approx(m["reference"][key]["mse"], rel=1e-5)
+        assert m["params"] == m["reference"][key]["params"]  # the network's weights are not used
+    else:
+        assert m["params"] == b["network_test"]["params"] + (L + 1) * H
 
 
 def test_cli_blend_predict_and_onnx_agree(spoiled_run, small_csv, tmp_path):

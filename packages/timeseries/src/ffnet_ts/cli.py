@@ -234,8 +234,11 @@ def cmd_forecast(args) -> int:
                 t, _ = _score_test(m, prep, tprep, cfg.eval_batch_size, device)
                 rec["test_mse"], rec["test_mae"] = t["mse"], t["mae"]
         ref = R.reference_metrics(prep, "test", cycle_prep=cprep) if info.master else None
-        params = (sum(p.numel() for p in network.parameters()) + (cprep.cycle.table.size if cprep is not None else 0)
-                  + (tprep.lookback + 1) * h * (blend is not None and blend["w"] < 1.0))
+        # the parameters the written forecasts use: a w = 0 blend does not run the network
+        net_params = sum(p.numel() for p in network.parameters())
+        blended = blend is not None and blend["w"] < 1.0
+        params = ((net_params if not blended or blend["w"] > 0.0 else 0) + (tprep.lookback + 1) * h * blended
+                  + (cprep.cycle.table.size if cprep is not None else 0))
         entry = {
             "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"], "cycle": cycle_rec,
             "val_windows": prep.windows("val"), "train_windows": prep.windows("train"),
@@ -252,7 +255,8 @@ def cmd_forecast(args) -> int:
         if blend is not None:
             if model is not network:  # the forecaster alone on the same windows, for the record (nothing is chosen)
                 t, _ = _score_test(network, prep, tprep, cfg.eval_batch_size, device)
-                blend["network_test"] = {"mse": t["mse"], "mae": t["mae"]}
+                blend["network_test"] = {"mse": t["mse"], "mae": t["mae"], "params": net_params + (
+                    cprep.cycle.table.size if cprep is not None else 0)}
             entry["blend"] = blend
         if ref is not None:
             entry["skill_vs_naive"] = R.skill(test["mse"], ref["naive"]["mse"])
@@ -563,7 +567,8 @@ def _forecast_table(model: str, rows: list) -> str:
                      f"{e['epochs_run']} ({e['best_epoch']}) | {e['stop_reason'].replace('_', ' ')} |")
         if net is not None:
             lines.append(f"| {h:7d} | {name} alone | {net['mse']:.4f} | {net['mae']:.4f} | "
-                         f"{net.get('skill_vs_naive', float('nan')):+.3f} | {e['test_windows']} | - | - | - | - |")
+                         f"{net.get('skill_vs_naive', float('nan')):+.3f} | {e['test_windows']} | - | "
+                         f"{net.get('params', '-')} | - | - |")
         ref = e.get("reference")
         if ref:
             n, li = ref["naive"], ref["linear"]
