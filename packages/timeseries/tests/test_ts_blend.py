@@ -179,3 +179,13 @@ def test_cli_blend_off_keeps_the_network(small_csv, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())["horizons"][str(H)]
     assert "blend" not in m and not (out / f"network_H{H}.pt").exists()
     assert T.load_checkpoint(out / f"checkpoint_H{H}.pt")["model"]["name"] == "ffnet_ts_tiny"
+
+
+def test_member_line_reports_the_average_not_the_blend():
+    members = [{"seed": 1, "best_val_mse": 0.5, "test_mse": 0.6}, {"seed": 2, "best_val_mse": 0.52, "test_mse": 0.62}]
+    e = {"members": members, "best_val_mse": 0.49, "mse": 0.55,
+         "blend": {"w": 0.75, "network_test": {"mse": 0.58, "mae": 0.5}}}
+    (line,) = cli._member_lines([(24, e)])
+    assert "val / test MSE 0.4900 / 0.5800" in line  # the average of the members; 0.55 is the blend's
+    (line,) = cli._member_lines([(24, {**e, "blend": {"w": 1.0}})])
+    assert "0.4900 / 0.5500" in line

@@ -598,7 +598,8 @@ def _member_lines(rows: list) -> list[str]:
         ms = _kept(e.get("members", []))
         if len(ms) > 1:
             each = ", ".join(f"seed {m['seed']} {m['best_val_mse']:.4f} / {m['test_mse']:.4f}" for m in ms)
-            lines.append(f"H={h}: mean of {len(ms)} members, val / test MSE {e['best_val_mse']:.4f} / {e['mse']:.4f}; "
+            test = (e.get("blend") or {}).get("network_test", {}).get("mse", e["mse"])  # the average's, not a blend's
+            lines.append(f"H={h}: mean of {len(ms)} members, val / test MSE {e['best_val_mse']:.4f} / {test:.4f}; "
                          f"members: {each}; epochs (best) and train s in the table are the first member's and "
                          f"all members' together")
         for m in e.get("members", []):
