@@ -55,6 +55,19 @@ def test_official_schedule_reproduces_the_epoch1_quirk():
         T.lr_at(T.TrainConfig(lr_schedule="nope"), 0, 0, 1)
 
 
+def test_schedule_offset_starts_the_cosine_late():
+    # the tuner's survivor: 3 epochs already trained, a cosine from lr to 0 over epochs 4-7 (4 x 10 steps)
+    cos = T.TrainConfig(lr=1e-3, lr_schedule="cosine", epochs=7, schedule_offset=3)
+    curve = [T.lr_at(cos, e, s, 10) for e in range(3, 7) for s in range(10)]
+    full = T.TrainConfig(lr=1e-3, lr_schedule="cosine", epochs=4)  # the same curve without the offset
+    assert curve == [T.lr_at(full, e, s, 10) for e in range(4) for s in range(10)]
+    assert curve[0] == pytest.approx(1e-3) and curve[20] == pytest.approx(5e-4) and curve[-1] < 2e-6
+    assert all(a > b for a, b in zip(curve, curve[1:]))
+    # an offset at or past the cap cannot divide by zero: the last epoch is the whole schedule
+    late = T.TrainConfig(lr=1e-3, lr_schedule="cosine", epochs=2, schedule_offset=5)
+    assert T.lr_at(late, 1, 0, 10) == pytest.approx(1e-3)
+
+
 def test_training_learns_and_is_seeded_deterministic(prep):
     before = T.evaluate(_model(prep), prep, "val")["mse"]
     m1 = _model(prep)

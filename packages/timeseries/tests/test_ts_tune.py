@@ -105,6 +105,13 @@ def test_tiny_budget_search_is_deterministic_and_never_touches_test(prep, first,
     chosen = [r for r in first.table if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["val_mse_final"] <= chosen[0]["val_mse_1"]
     assert chosen[0]["val_mse_1"] == min(r["val_mse_1"] for r in finalists)  # the best finalist continues
+    # the survivor anneals: a cosine from the chosen lr to 0 over the epochs after the last rung (6), up to
+    # the cap (8), since the budget left (minutes) covers far more than that at the measured epoch time
+    assert first.state["final"]["lr_schedule"] == "cosine" and first.state["final"]["schedule_offset"] == 6
+    assert (first.train_config.lr_schedule, first.train_config.schedule_offset, first.train_config.epochs) == (
+        "cosine", 6, 8)
+    lrs = [h["lr"] for h in first.fit.history]
+    assert len(lrs) == 8 and first.config["lr"] > lrs[6] > lrs[7] and lrs[7] < 0.1 * first.config["lr"]
     # another seed draws other candidates
     assert TU.sample_configs(SPACE, BASE, 4, seed=4) != TU.sample_configs(SPACE, BASE, 4, seed=3)
     assert TU.sample_configs(SPACE, BASE, 4, seed=3)[0] == BASE
@@ -130,6 +137,19 @@ def test_interrupted_search_resumes_to_the_same_choice(prep, first, tmp_path):
     assert resumed.candidate == first.candidate and _scores(resumed.table) == _scores(first.table)
     with pytest.raises(T.ConfigError, match="other search settings"):
         _tune(prep, out, seed=4, resume=True)
+
+
+def test_survivor_plan_fills_the_budget_left():
+    measured = {"0": {"epochs_run": 2, "seconds": 100.0}}  # the winner's rung: 50 s per epoch
+    plan = TU._final_plan(measured, remaining=500.0, max_epochs=100, anneal=True)
+    assert plan == {"lr_schedule": "cosine", "epochs": 2 + int(TU.ANNEAL_FILL * 10), "schedule_offset": 2,
+                    "epoch_s": 50.0}
+    assert TU._final_plan(measured, remaining=5.0, max_epochs=100, anneal=True)["epochs"] == 3  # at least one
+    assert TU._final_plan(measured, remaining=500.0, max_epochs=4, anneal=True)["epochs"] == 4  # the cap
+    capped = TU._final_plan(measured, remaining=500.0, max_epochs=2, anneal=True)  # nothing left to anneal
+    assert capped["lr_schedule"] == "base" and capped["epochs"] == 2
+    off = TU._final_plan(measured, remaining=500.0, max_epochs=100, anneal=False)
+    assert off["lr_schedule"] == "base" and off["epochs"] == 100
 
 
 def test_plan_fits_the_budget():
@@ -172,10 +192,18 @@ def test_cli_tune_scores_test_once_after_the_choice(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(T, "blend_mse", spy_blend)
     monkeypatch.setattr(TU, "tune", spy_tune)
     out = tmp_path / "run"
+    # blend off also pins the schedule: an explicit --lr-schedule turns the survivor's annealing off
+    schedule = ["--lr-schedule", "type3"] if blend == "off" else []
     assert cli.main(["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", str(L), "--horizon",
                      str(H), "--tune", "0.05", "--epochs", "3", "--blend", blend, "--no-progress", "--out",
-                     str(out)]) == 0
+                     str(out), *schedule]) == 0
     m = json.loads((out / "metrics.json").read_text())["horizons"][str(H)]
+    survivor = m["tune"]["survivor"]
+    if blend == "off":
+        assert survivor["lr_schedule"] == "base" and m["train_config"]["lr_schedule"] == "type3"
+    elif survivor["lr_schedule"] == "cosine":  # "base" only if the rungs already reached the 3-epoch cap
+        assert m["train_config"]["lr_schedule"] == "cosine"
+        assert m["train_config"]["schedule_offset"] == survivor["schedule_offset"] < 3
     if blend == "off":
         assert events.count("test") == 1 and events[-2:] == ["chosen", "test"]
     else:  # the blend is chosen on validation after the search; then test: the output, and the network alone

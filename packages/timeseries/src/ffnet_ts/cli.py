@@ -247,7 +247,7 @@ def cmd_forecast(args) -> int:
             "best_val_mse": res.best_val_mse,
             "train_config": {k: getattr(cfg, k) for k in ("epochs", "patience", "batch_size", "lr", "lr_schedule",
                                                           "loss", "precision", "ema", "seed", "time_budget",
-                                                          "epoch_windows", "val_stride")},
+                                                          "schedule_offset", "epoch_windows", "val_stride")},
             "model_args": margs,
         }
         if len(members) > 1:
@@ -267,7 +267,8 @@ def cmd_forecast(args) -> int:
             st = search.state
             entry["tune"] = {"chosen": search.config, "candidate": search.candidate, "budget_s": share,
                              "elapsed_s": round(st["elapsed_s"], 1), "budget_exhausted": st["budget_exhausted"],
-                             "plan": st["plan"], "calibration": st["calibration"], "table": search.table}
+                             "plan": st["plan"], "survivor": st.get("final"), "calibration": st["calibration"],
+                             "table": search.table}
             searches.append((h, search))
         metrics["horizons"][str(h)] = entry
         rows.append((h, entry))
@@ -429,7 +430,7 @@ def _train_members(args, requested: int | None, prep, out: Path, h: int, share: 
     def config(seed: int, budget: float | None) -> T.TrainConfig:
         return T.TrainConfig(
             epochs=cap, patience=args.patience, batch_size=args.batch_size or DEFAULT_BATCH,
-            lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule, seed=seed, device=str(device),
+            lr=args.lr or DEFAULT_LR, lr_schedule=args.lr_schedule or DEFAULT_SCHEDULE, seed=seed, device=str(device),
             loss=args.loss, precision=args.precision, ema=args.ema, amp=not args.no_amp,
             progress=not args.no_progress, time_budget=budget)
 
@@ -541,12 +542,13 @@ def _tune_horizon(args, prep, out: Path, h: int, share: float, cap: int, device)
                  "head_dropout": config["head_dropout"]}
         return create_model(args.model, **margs), margs
 
-    base_cfg = T.TrainConfig(epochs=cap, patience=args.patience, lr_schedule=args.lr_schedule, seed=args.seed,
+    base_cfg = T.TrainConfig(epochs=cap, patience=args.patience, lr_schedule=args.lr_schedule or DEFAULT_SCHEDULE,
+                             seed=args.seed,
                              device=str(device), loss=args.loss, precision=args.precision, ema=args.ema,
                              amp=not args.no_amp, progress=False)
     return TU.tune(TU.search_view(prep), build, base, base_cfg, budget_s=share, out_dir=tdir,
                    model_name=args.model, data_meta=_data_meta(prep), space=space, seed=args.seed,
-                   max_epochs=cap, resume=resume)
+                   max_epochs=cap, resume=resume, anneal=args.lr_schedule is None)
 
 
 def _forecast_table(model: str, rows: list) -> str:
@@ -808,8 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--patience", type=int, default=DEFAULT_PATIENCE, help="early-stopping patience (epochs)")
     f.add_argument("--batch-size", type=int, default=None, help=f"global batch size (default {DEFAULT_BATCH})")
     f.add_argument("--lr", type=float, default=None, help=f"base learning rate (default {DEFAULT_LR:g})")
-    f.add_argument("--lr-schedule", default=DEFAULT_SCHEDULE, choices=LR_SCHEDULES,
-                   help="'official' reproduces the reference's executed schedule incl. its epoch-1 lr/25 quirk")
+    f.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                   help=f"default {DEFAULT_SCHEDULE}; with --tune and no --lr-schedule the search's survivor then "
+                        "anneals its lr with a cosine to 0 by the end of the budget. 'official' reproduces the "
+                        "reference's executed schedule incl. its epoch-1 lr/25 quirk")
     f.add_argument("--loss", default="mse", choices=LOSSES,
                    help="training loss (default mse, the reference's); validation, early stopping and the "
                         "reported metrics are MSE / MAE whatever is chosen")

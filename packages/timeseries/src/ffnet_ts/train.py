@@ -35,6 +35,11 @@ LR schedules (``lr_schedule``; epochs are 1-based below):
 * ``onecycle``: per-step one-cycle (warm-up 30 %, from lr/25, cosine down to lr/25e4), PatchTST's ``TST``.
 * ``cosine``: per-step cosine from lr to 0 over ``epochs``; ``constant``.
 
+``schedule_offset`` (epochs, default 0) starts ``cosine`` and ``onecycle`` at that epoch instead of the first:
+they then run over the epochs ``schedule_offset + 1 .. epochs``. The tuner uses it to anneal its survivor,
+which continues a run that already trained ``schedule_offset`` epochs at a constant lr, to 0 by the end of
+the budget (``tune``).
+
 Weight averaging (``ema``, off by default in ``TrainConfig``): an exponential moving average of the weights,
 updated after every optimizer step with decay ``min(ema, (1 + t) / (10 + t))`` at step ``t`` (the warm-up
 keeps the random initialization from lingering in the average), in float32 whatever the autocast. When it
@@ -94,6 +99,7 @@ class TrainConfig:
     loss: str = "mse"  # training loss: mse | mae | huber (validation and metrics are always MSE / MAE)
     precision: str = "fp32"  # CPU training steps: fp32 | bf16 (autocast; needs native bf16, see accel)
     ema: float | None = None  # per-step decay of an exponential moving average of the weights; None: off
+    schedule_offset: int = 0  # epochs trained before a cosine / onecycle schedule starts (see module docstring)
 
 
 def training_loss(name: str):
@@ -170,8 +176,9 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> floa
         return base * 0.5 ** (e - 1)
     if s == "constant":
         return base
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    t = min(epoch * steps_per_epoch + step, total - 1)
+    off = min(max(cfg.schedule_offset, 0), max(cfg.epochs - 1, 0))
+    total = max((cfg.epochs - off) * steps_per_epoch, 1)
+    t = min(max(epoch - off, 0) * steps_per_epoch + step, total - 1)
     if s == "cosine":
         return base * 0.5 * (1 + math.cos(math.pi * t / total))
     if s == "onecycle":
