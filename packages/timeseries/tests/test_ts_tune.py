@@ -152,6 +152,39 @@ def test_survivor_plan_fills_the_budget_left():
     assert off["lr_schedule"] == "base" and off["epochs"] == 100
 
 
+def test_cheaper_candidates_get_more_windows_for_the_same_time():
+    cal = {"train_window_s": 4e-3, "val_window_s": 1e-3, "train_window_s_by_ffn_ratio": {"12": 4e-3, "2": 1e-3}}
+    plan = TU.Plan(3, 3, [1], epoch_windows=1000, val_stride=1, estimated_search_s=0.0)
+    assert TU.window_cost(cal, 2) == 1e-3 and TU.window_cost(cal, 12) == 4e-3
+    assert TU.window_cost(cal, 7) == pytest.approx(2.5e-3)  # linear in ffn_ratio between the two measured
+    windows = {r: TU.candidate_windows(plan, cal, {"ffn_ratio": r}, 100_000) for r in (2, 4, 8, 12)}
+    assert windows[12] == 1000 and windows[2] == pytest.approx(4000, abs=1)
+    for r, w in windows.items():  # about the same seconds per epoch for each
+        assert w * TU.window_cost(cal, r) == pytest.approx(1000 * 4e-3, rel=1e-3)
+    assert TU.candidate_windows(plan, cal, {"ffn_ratio": 2}, 2500) == 2500  # a full pass at most
+    only_worst = {k: cal[k] for k in ("train_window_s", "val_window_s")}  # old state files: equal windows
+    assert TU.candidate_windows(plan, only_worst, {"ffn_ratio": 2}, 100_000) == 1000
+
+
+def test_search_trains_each_candidate_on_its_own_window_count(prep, tmp_path, monkeypatch):
+    cal = {**CALIBRATION, "train_window_s_by_ffn_ratio": {"4": 1e-4, "2": 0.5e-4}}  # ffn_ratio 2: half the cost
+    plan = TU.Plan(4, 2, [1, 2], epoch_windows=64, val_stride=1, estimated_search_s=1.0)
+    monkeypatch.setattr(TU, "make_plan", lambda *a, **kw: plan)  # 64 windows at ffn_ratio 4: less than a pass
+    seen, real_fit = {}, T.fit
+
+    def spy_fit(model, p, cfg, **kw):
+        seen.setdefault(kw["meta"]["model"]["args"]["ffn_ratio"], set()).add(cfg.epoch_windows)
+        return real_fit(model, p, cfg, **kw)
+
+    monkeypatch.setattr(T, "fit", spy_fit)
+    cfg = T.TrainConfig(patience=3, lr_schedule="type3", device="cpu", progress=False)
+    res = TU.tune(guarded(prep), _build(prep), BASE, cfg, budget_s=600.0, out_dir=tmp_path, model_name="ffnet_ts_tiny",
+                  data_meta={"name": "syn"}, space=SPACE, seed=3, max_epochs=3, calibration=cal)
+    assert prep.windows("train") > 128 and set(seen) == {2, 4}  # both ratios were drawn
+    assert seen == {4: {64}, 2: {128}}  # the same seconds per epoch: twice the windows at half the cost
+    assert all(r["epoch_windows"] == {4: 64, 2: 128}[r["ffn_ratio"]] for r in res.table)
+
+
 def test_plan_fits_the_budget():
     cal = {"train_window_s": 1e-3, "val_window_s": 3e-4}
     plans = [TU.make_plan(b, train_windows=8449, val_windows=2785, calibration=cal) for b in (60, 300, 600, 3600)]

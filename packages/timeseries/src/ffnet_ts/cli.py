@@ -644,12 +644,12 @@ def _search_table(table: list[dict]) -> str:
     rungs = sorted({k[len("val_mse_"):] for r in table for k in r if k.startswith("val_mse_")},
                    key=lambda k: (k == "final", k))
     head = "| # | ffn_ratio | dropout | head_dropout | lr | batch | " + " | ".join(
-        f"val MSE {'rung ' + k if k != 'final' else 'final'}" for k in rungs) + " | epochs | train s | |"
-    lines = [head, "|" + "---:|" * (6 + len(rungs) + 2) + "---|"]
+        f"val MSE {'rung ' + k if k != 'final' else 'final'}" for k in rungs) + " | windows / epoch | epochs | train s | |"
+    lines = [head, "|" + "---:|" * (6 + len(rungs) + 3) + "---|"]
     for r in table:
         vals = " | ".join(f"{r[f'val_mse_{k}']:.4f}" if f"val_mse_{k}" in r else "-" for k in rungs)
         lines.append(f"| {r['id']} | {r['ffn_ratio']} | {r['dropout']:g} | {r['head_dropout']:g} | {r['lr']:g} | "
-                     f"{r['batch_size']} | {vals} | {r['epochs']} | {r['seconds']:.1f} | "
+                     f"{r['batch_size']} | {vals} | {r.get('epoch_windows', '-')} | {r['epochs']} | {r['seconds']:.1f} | "
                      f"{'**chosen**' if r['chosen'] else ''} |")
     return "\n".join(lines)
 

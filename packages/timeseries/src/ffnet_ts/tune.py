@@ -21,7 +21,12 @@ validation split inside a wall-clock budget:
   ``ffn_ratio`` of the space) and per validation window; the plan then sizes an "epoch" (``epoch_windows``,
   a seeded random subset of the train windows when a full pass would be too long) so that the halving
   rungs take about ``SEARCH_FRACTION`` of the budget and the survivor gets the rest (its last epoch is cut
-  when the budget ends inside it, see ``train.fit``). Validation scores
+  when the budget ends inside it, see ``train.fit``).
+* **Equal time, not equal epochs.** The calibration also times the cheapest ``ffn_ratio``; a candidate's
+  epoch then holds ``epoch_windows`` x (costliest / its own seconds per window, linear in ``ffn_ratio``
+  between the two measured) windows, up to a full pass. Every candidate gets about the same seconds per rung,
+  so a cheap model that learns more from the windows it can afford is not ranked as if it had the costly
+  one's budget: under a budget, that is the trade the survivor will face too. Validation scores
   every ``val_stride``-th window (at most ``MAX_VAL_WINDOWS``): neighbouring windows overlap in all but one
   row, so this costs little information and a lot less time. The plan depends on the measured speed, so it
   is stored in the state file: a resumed search keeps the plan it started with.
@@ -135,10 +140,34 @@ def make_plan(budget_s: float, train_windows: int, val_windows: int, calibration
     raise AssertionError("unreachable")
 
 
+def window_cost(calibration: dict, ffn_ratio: float) -> float:
+    """Seconds per training window at ``ffn_ratio``: linear between the calibrated cheapest and costliest
+    ratios (the channel mixer's cost is linear in it), the costliest's when only that one was measured."""
+    by = calibration.get("train_window_s_by_ffn_ratio")
+    if not by or len(by) < 2:
+        return calibration["train_window_s"]
+    points = sorted((float(k), float(v)) for k, v in by.items())
+    (r0, s0), (r1, s1) = points[0], points[-1]
+    return max(s0 + (s1 - s0) * (ffn_ratio - r0) / (r1 - r0), 1e-12)
+
+
+def candidate_windows(plan: Plan, calibration: dict, config: dict, train_windows: int) -> int:
+    """Training windows per epoch for ``config``: the plan's (sized for the costliest ffn_ratio) times how much
+    cheaper ``config`` is per window, so that every candidate's epoch takes about the same time; at most a
+    full pass, never fewer than the plan's."""
+    scale = calibration["train_window_s"] / window_cost(calibration, config["ffn_ratio"])
+    return min(max(int(plan.epoch_windows * scale), plan.epoch_windows), train_windows)
+
+
 def calibrate(view: Prepared, build: Callable[[dict], tuple], config: dict, *, device="cpu",
-              steps: int = 3) -> dict:
-    """Seconds per training window and per validation window for ``config`` (one warm-up step first)."""
+              steps: int = 3, precision: str = "fp32", warmup: int = 2) -> dict:
+    """Seconds per training window and per validation window for ``config``, at the training ``precision``.
+
+    ``warmup`` untimed steps first (a fresh process pays for its first large allocations), then the fastest of
+    ``steps`` timed ones: on a shared machine the slow outliers are other processes, not the model.
+    """
     torch.manual_seed(0)
+    device = torch.device(device)
     model, _ = build(config)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -146,16 +175,18 @@ def calibrate(view: Prepared, build: Callable[[dict], tuple], config: dict, *, d
     start, n = view.borders["train"][0], view.windows("train")
     bs = min(128, n)
     times = []
-    for i in range(steps + 1):
+    for i in range(steps + warmup):
         idx = torch.randint(0, n, (bs,), generator=torch.Generator().manual_seed(i))
         t0 = time.perf_counter()
         x, y = gather_windows(data, start, idx, view.lookback, view.horizon)
-        loss = torch.nn.functional.mse_loss(model(x), y)
+        with T._autocast(device, False, precision):
+            out = model(x)
+        loss = torch.nn.functional.mse_loss(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    train_s = sorted(times[1:])[len(times[1:]) // 2] / bs
+    train_s = min(times[warmup:]) / bs
     nv = min(view.windows("val"), 256)
     t0 = time.perf_counter()
     T.evaluate(model, dataclasses.replace(view, borders=_TrainValBorders(
@@ -202,7 +233,8 @@ def _table(state: dict) -> list[dict]:
     rows = []
     for c in state["candidates"]:
         res = state["results"].get(str(c["id"]), {})
-        row = {"id": c["id"], **c["config"]}
+        row = {"id": c["id"], **c["config"], "epoch_windows": candidate_windows(
+            Plan(**state["plan"]), state["calibration"], c["config"], state.get("train_windows", 1 << 62))}
         for key, r in res.items():
             row[f"val_mse_{key}"] = r["best_val_mse"]
         last = list(res.values())[-1] if res else None
@@ -251,20 +283,30 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
         log(f"tune: resuming the search in {state_path} ({state['elapsed_s']:.0f}s already spent)")
     else:
         if calibration is None:
-            worst = {**base_config, "ffn_ratio": max(space["ffn_ratio"])}
-            calibration = calibrate(view, lambda c: _seeded(build, c, seed), worst, device=base_cfg.device
-                                    if base_cfg.device != "auto" else "cpu")
+            dev = base_cfg.device if base_cfg.device != "auto" else "cpu"
+            hi, lo = max(space["ffn_ratio"]), min(space["ffn_ratio"])
+            calibration = calibrate(view, lambda c: _seeded(build, c, seed), {**base_config, "ffn_ratio": hi},
+                                    device=dev, precision=base_cfg.precision)
+            if lo != hi:
+                cheap = calibrate(view, lambda c: _seeded(build, c, seed), {**base_config, "ffn_ratio": lo},
+                                  device=dev, precision=base_cfg.precision)
+                calibration["train_window_s_by_ffn_ratio"] = {str(hi): calibration["train_window_s"],
+                                                              str(lo): cheap["train_window_s"]}
         n_space = math.prod(len(v) for v in space.values())
         plan = make_plan(budget_s, view.windows("train"), view.windows("val"), calibration,
                          max_batch=max(space["batch_size"]), min_batch=min(space["batch_size"]), n_space=n_space)
         cands = sample_configs(space, base_config, plan.n_configs, seed)
         state = {"format": STATE_FORMAT, "key": key, "calibration": {k: calibration[k] for k in
-                                                                       ("train_window_s", "val_window_s")},
+                                                                       ("train_window_s", "val_window_s",
+                                                                        "train_window_s_by_ffn_ratio")
+                                                                       if k in calibration},
                  "plan": dataclasses.asdict(plan), "candidates": [{"id": i, "config": c} for i, c in enumerate(cands)],
-                 "results": {}, "elapsed_s": 0.0, "budget_exhausted": False, "winner": None}
+                 "results": {}, "elapsed_s": 0.0, "budget_exhausted": False, "winner": None,
+                 "train_windows": view.windows("train")}
         _save_state(state_path, state)
         log(f"tune: {len(cands)} configurations, halving by {plan.eta} at epochs {plan.rung_epochs}, "
-            f"{plan.epoch_windows} train windows per epoch, every {plan.val_stride} val window(s); "
+            f"{plan.epoch_windows} train windows per epoch at ffn_ratio {max(space['ffn_ratio'])} (more for cheaper "
+            f"ones, same time), every {plan.val_stride} val window(s); "
             f"budget {budget_s:.0f}s (search ~{plan.estimated_search_s:.0f}s, the rest for the survivor)")
     plan = Plan(**state["plan"])
     cands = {c["id"]: c["config"] for c in state["candidates"]}
@@ -277,8 +319,9 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
         _save_state(state_path, state)
 
     def cfg_for(config: dict, epochs: int, time_budget=None, **extra) -> T.TrainConfig:
+        windows = candidate_windows(plan, state["calibration"], config, view.windows("train"))
         return dataclasses.replace(base_cfg, epochs=epochs, batch_size=config["batch_size"], lr=config["lr"],
-                                   seed=seed, time_budget=time_budget, epoch_windows=plan.epoch_windows,
+                                   seed=seed, time_budget=time_budget, epoch_windows=windows,
                                    val_stride=plan.val_stride, progress=False, **extra)
 
     def run(cid: int, cfg: T.TrainConfig, tag: str):
