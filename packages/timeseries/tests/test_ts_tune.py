@@ -112,6 +112,8 @@ def test_tiny_budget_search_is_deterministic_and_never_touches_test(prep, first,
         "cosine", 6, 8)
     lrs = [h["lr"] for h in first.fit.history]
     assert len(lrs) == 8 and first.config["lr"] > lrs[6] > lrs[7] and lrs[7] < 0.1 * first.config["lr"]
+    # and each rung anneals too, restarting at the candidate's lr: rung 0 = epochs 1-2, rung 1 = epochs 3-6
+    assert lrs[0] > lrs[1] < lrs[2] > lrs[3] > lrs[4] > lrs[5] < lrs[6] and lrs[5] < 0.1 * first.config["lr"]
     # another seed draws other candidates
     assert TU.sample_configs(SPACE, BASE, 4, seed=4) != TU.sample_configs(SPACE, BASE, 4, seed=3)
     assert TU.sample_configs(SPACE, BASE, 4, seed=3)[0] == BASE

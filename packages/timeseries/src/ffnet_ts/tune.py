@@ -10,13 +10,14 @@ validation split inside a wall-clock budget:
   then keeps training (same run, continued from its resume file) until early stopping, the epoch cap or
   the end of the budget, and its best-validation weights are the result. Test is never evaluated here;
   the caller scores it once, after the choice.
-* **The survivor anneals** (``anneal=True``, the default). The rungs compare candidates at the schedule of
-  ``base_cfg`` (the CLI's ``type3``: constant lr for the first 4 epochs). The survivor then plans as many
-  more epochs as fit in ``ANNEAL_FILL`` of the budget left, at its own measured seconds per epoch, and its
-  lr follows a cosine from the chosen lr to 0 over exactly those epochs (``TrainConfig.schedule_offset``).
-  Under a budget that allows a few epochs, ending at lr 0 instead of being cut at a constant lr is what
-  makes the short run count: on Weather H96 one epoch at lr 1e-3 with the cosine reached validation MSE
-  0.394, where the reference recipe needed 7 epochs (README, tuning). The plan is stored in the state file.
+* **Every stage anneals** (``anneal=True``, the default; otherwise everything runs at ``base_cfg``'s
+  schedule). Each rung trains its new epochs with a cosine from the candidate's lr to 0 (a warm restart per
+  rung, ``TrainConfig.schedule_offset``), so a high lr is compared after its decay, as the survivor will use
+  it, not in the noisy middle of a constant-lr run. The survivor then plans as many more epochs as fit in
+  ``ANNEAL_FILL`` of the budget left, at its own measured seconds per epoch, with one more cosine to 0 over
+  exactly those epochs. Under a budget of a few epochs, ending at lr 0 instead of being cut at a constant lr
+  is what makes a short run count: on Weather H96 one epoch at lr 1e-3 with the cosine reached validation
+  MSE 0.394, where the reference recipe needed 7 epochs (README, tuning). The plan is in the state file.
 * **Budget -> plan.** A short calibration measures seconds per training window (at the costliest
   ``ffn_ratio`` of the space) and per validation window; the plan then sizes an "epoch" (``epoch_windows``,
   a seeded random subset of the train windows when a full pass would be too long) so that the halving
@@ -264,8 +265,8 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
         max_epochs: epoch cap for any candidate.
         calibration: ``{"train_window_s", "val_window_s"}``; measured when None.
         resume: continue the search recorded in ``out_dir``.
-        anneal: train the survivor with a cosine to lr 0 over the epochs that fit in the budget left (see the
-            module docstring); False: it continues at ``base_cfg``'s schedule.
+        anneal: train each rung's new epochs, and the survivor's epochs that fit in the budget left, with a
+            cosine to lr 0 (see the module docstring); False: everything at ``base_cfg``'s schedule.
         log: one-line progress messages (default stderr).
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -275,7 +276,7 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
     state_path = out_dir / STATE_FILE
     mark = time.perf_counter()
     key = {"seed": seed, "budget_s": budget_s, "space": {k: list(v) for k, v in space.items()},
-           "base_config": base_config, "model": model_name, "data": data_meta}
+           "base_config": base_config, "model": model_name, "data": data_meta, "anneal": anneal}
     if resume and state_path.is_file():
         state = json.loads(state_path.read_text())
         if state.get("format") != STATE_FORMAT or state.get("key") != json.loads(json.dumps(key)):
@@ -342,7 +343,11 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
             if over and any(state["results"].values()):  # at least one result, or there is nothing to choose
                 state["budget_exhausted"] = True
                 break
-            _, _, res = run(cid, cfg_for(cands[cid], epochs), f"rung {rung}")
+            # with anneal, each rung is a cosine from the candidate's lr to 0 over the rung's new epochs (a warm
+            # restart per rung), so a high lr is judged after its decay, as the survivor will use it
+            extra = ({"lr_schedule": "cosine", "schedule_offset": plan.rung_epochs[rung - 1] if rung else 0}
+                     if anneal else {})
+            _, _, res = run(cid, cfg_for(cands[cid], epochs, **extra), f"rung {rung}")
             done[str(rung)] = _record(res)
             spend()
             log(f"tune: rung {rung} #{cid} {_fmt(cands[cid])}: val_mse {res.best_val_mse:.4f} "
