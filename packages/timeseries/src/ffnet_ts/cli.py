@@ -811,8 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=None, help=f"global batch size (default {DEFAULT_BATCH})")
     f.add_argument("--lr", type=float, default=None, help=f"base learning rate (default {DEFAULT_LR:g})")
     f.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
-                   help=f"default {DEFAULT_SCHEDULE}; with --tune and no --lr-schedule the search's survivor then "
-                        "anneals its lr with a cosine to 0 by the end of the budget. 'official' reproduces the "
+                   help=f"default {DEFAULT_SCHEDULE}; with --tune and no --lr-schedule every rung of the search and "
+                        "the survivor anneal the lr with a cosine to 0 (the survivor's by the end of the budget). "
+                        "'official' reproduces the "
                         "reference's executed schedule incl. its epoch-1 lr/25 quirk")
     f.add_argument("--loss", default="mse", choices=LOSSES,
                    help="training loss (default mse, the reference's); validation, early stopping and the "

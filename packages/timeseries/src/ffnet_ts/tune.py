@@ -22,15 +22,15 @@ validation split inside a wall-clock budget:
   ``ffn_ratio`` of the space) and per validation window; the plan then sizes an "epoch" (``epoch_windows``,
   a seeded random subset of the train windows when a full pass would be too long) so that the halving
   rungs take about ``SEARCH_FRACTION`` of the budget and the survivor gets the rest (its last epoch is cut
-  when the budget ends inside it, see ``train.fit``).
+  when the budget ends inside it, see ``train.fit``). Validation scores every ``val_stride``-th window (at
+  most ``MAX_VAL_WINDOWS``): neighbouring windows overlap in all but one row, so this costs little
+  information and a lot less time. The plan depends on the measured speed, so it is stored in the state
+  file: a resumed search keeps the plan it started with.
 * **Equal time, not equal epochs.** The calibration also times the cheapest ``ffn_ratio``; a candidate's
   epoch then holds ``epoch_windows`` x (costliest / its own seconds per window, linear in ``ffn_ratio``
   between the two measured) windows, up to a full pass. Every candidate gets about the same seconds per rung,
   so a cheap model that learns more from the windows it can afford is not ranked as if it had the costly
-  one's budget: under a budget, that is the trade the survivor will face too. Validation scores
-  every ``val_stride``-th window (at most ``MAX_VAL_WINDOWS``): neighbouring windows overlap in all but one
-  row, so this costs little information and a lot less time. The plan depends on the measured speed, so it
-  is stored in the state file: a resumed search keeps the plan it started with.
+  one's budget: under a budget, that is the trade the survivor will face too.
 * **Deterministic** for a fixed seed and plan: the choice depends only on the validation scores, which are
   bit-reproducible on CPU with a fixed thread count (pass ``calibration`` to pin the plan, as the tests do).
   Ties go to the lower candidate index. If a loaded machine makes the search overrun its budget, the rung
