@@ -36,9 +36,9 @@ LR schedules (``lr_schedule``; epochs are 1-based below):
 * ``cosine``: per-step cosine from lr to 0 over ``epochs``; ``constant``.
 
 ``schedule_offset`` (epochs, default 0) starts ``cosine`` and ``onecycle`` at that epoch instead of the first:
-they then run over the epochs ``schedule_offset + 1 .. epochs``. The tuner uses it to anneal its survivor,
-which continues a run that already trained ``schedule_offset`` epochs at a constant lr, to 0 by the end of
-the budget (``tune``).
+they then run over the epochs ``schedule_offset + 1 .. epochs``. The tuner uses it to anneal each rung's new
+epochs and then its survivor's, each continuing a run that already trained ``schedule_offset`` epochs, to lr 0
+(a warm restart per stage; ``tune``).
 
 Weight averaging (``ema``, off by default in ``TrainConfig``): an exponential moving average of the weights,
 updated after every optimizer step with decay ``min(ema, (1 + t) / (10 + t))`` at step ``t`` (the warm-up
