@@ -110,6 +110,7 @@ def test_tiny_budget_search_is_deterministic_and_never_touches_test(prep, first,
     assert first.state["final"]["lr_schedule"] == "cosine" and first.state["final"]["schedule_offset"] == 6
     assert (first.train_config.lr_schedule, first.train_config.schedule_offset, first.train_config.epochs) == (
         "cosine", 6, 8)
+    assert first.train_config.patience > 8  # no early stop inside the annealed stage: it runs to its end
     lrs = [h["lr"] for h in first.fit.history]
     assert len(lrs) == 8 and first.config["lr"] > lrs[6] > lrs[7] and lrs[7] < 0.1 * first.config["lr"]
     # and each rung anneals too, restarting at the candidate's lr: rung 0 = epochs 1-2, rung 1 = epochs 3-6
