@@ -324,11 +324,15 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
         mark = now
         _save_state(state_path, state)
 
-    def cfg_for(config: dict, epochs: int, time_budget=None, **extra) -> T.TrainConfig:
+    def cfg_for(config: dict, epochs: int, time_budget=None, anneal_from: int | None = None) -> T.TrainConfig:
+        """``anneal_from``: a cosine to lr 0 over the epochs after that one, without early stopping (see
+        NO_EARLY_STOP); None: ``base_cfg``'s schedule and patience."""
+        annealed = ({} if anneal_from is None else
+                    {"lr_schedule": "cosine", "schedule_offset": anneal_from, "patience": NO_EARLY_STOP})
         windows = candidate_windows(plan, state["calibration"], config, view.windows("train"))
         return dataclasses.replace(base_cfg, epochs=epochs, batch_size=config["batch_size"], lr=config["lr"],
                                    seed=seed, time_budget=time_budget, epoch_windows=windows,
-                                   val_stride=plan.val_stride, progress=False, **extra)
+                                   val_stride=plan.val_stride, progress=False, **annealed)
 
     def run(cid: int, cfg: T.TrainConfig, tag: str):
         model, margs = _seeded(build, cands[cid], seed)
@@ -350,9 +354,8 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
                 break
             # with anneal, each rung is a cosine from the candidate's lr to 0 over the rung's new epochs (a warm
             # restart per rung), so a high lr is judged after its decay, as the survivor will use it
-            extra = ({"lr_schedule": "cosine", "schedule_offset": plan.rung_epochs[rung - 1] if rung else 0,
-                      "patience": NO_EARLY_STOP} if anneal else {})
-            _, _, res = run(cid, cfg_for(cands[cid], epochs, **extra), f"rung {rung}")
+            start = (plan.rung_epochs[rung - 1] if rung else 0) if anneal else None
+            _, _, res = run(cid, cfg_for(cands[cid], epochs, anneal_from=start), f"rung {rung}")
             done[str(rung)] = _record(res)
             spend()
             log(f"tune: rung {rung} #{cid} {_fmt(cands[cid])}: val_mse {res.best_val_mse:.4f} "
@@ -376,9 +379,8 @@ def tune(view: Prepared, build: Callable[[dict], tuple], base_config: dict, base
         state["final"] = _final_plan(prev, remaining, max_epochs, anneal)
         _save_state(state_path, state)
     final = state["final"]
-    extra = ({"lr_schedule": "cosine", "schedule_offset": final["schedule_offset"], "patience": NO_EARLY_STOP}
-             if final["lr_schedule"] == "cosine" else {})
-    cfg = cfg_for(cands[winner], final["epochs"], time_budget=spent + max(remaining, 1e-3), **extra)
+    start = final["schedule_offset"] if final["lr_schedule"] == "cosine" else None
+    cfg = cfg_for(cands[winner], final["epochs"], time_budget=spent + max(remaining, 1e-3), anneal_from=start)
     if final["lr_schedule"] == "cosine":
         log(f"tune: survivor #{winner} anneals lr {cands[winner]['lr']:g} -> 0 over epochs "
             f"{final['schedule_offset'] + 1}-{final['epochs']} (planned from {final['epoch_s']:.1f}s per epoch "
