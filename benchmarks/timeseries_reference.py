@@ -175,8 +175,13 @@ def run_cell(ds: str, h: int, model: str, *, out_dir: Path, epochs: int | None =
 
     ``precision="bf16"``: CPU bf16 autocast for the training steps (``TrainConfig.precision``; refused on CPUs
     without native bf16); validation and test stay fp32. Recorded in the JSON's ``train_args``."""
+    from ffnet_ts.accel import keep_freed_memory
+
     t_wall = time.perf_counter()
     load_start = os.getloadavg()[0]
+    # same results, and a batch-512 step about twice as fast: activations stop being mmapped and faulted in
+    # afresh on every step (ffnet_ts.accel.keep_freed_memory; benchmarks/results/timeseries_malloc.md)
+    malloc_kept = keep_freed_memory()
     model_args, train_args = recipe(model, ds, h)
     if epochs is not None:
         train_args["epochs"] = epochs
@@ -227,7 +232,7 @@ def run_cell(ds: str, h: int, model: str, *, out_dir: Path, epochs: int | None =
         "history": res.history,
         "env": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"), "malloc_kept": malloc_kept,
                 "loadavg_start": round(load_start, 2), "loadavg_end": round(os.getloadavg()[0], 2),
                 "git": _git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 "command": " ".join(sys.argv)},

@@ -98,6 +98,42 @@ def test_keep_freed_memory_stops_the_training_step_from_page_faulting_its_activa
     assert kept < default / 3
 
 
+_LARGE = """
+import resource, torch
+from ffnet_ts import accel
+from ffnet_ts.model import create_model
+print(accel.keep_freed_memory())
+torch.set_num_threads(1)
+torch.manual_seed(0)
+net = create_model("ffnet_ts", n_vars=7, lookback=96, horizon=96).train()
+opt = torch.optim.Adam(net.parameters())
+x, y = torch.randn(256, 96, 7), torch.randn(256, 96, 7)  # activations of (256 * 7, 128, 48) fp32: 44 MB each
+for i in range(4):
+    if i == 2:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    opt.zero_grad(); torch.nn.functional.mse_loss(net(x), y).backward(); opt.step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc's mallopt")
+def test_keep_freed_memory_keeps_activations_above_the_mmap_cap_too():
+    """At batch 256 the activations are above glibc's 32 MiB mmap threshold cap, so by default each is a fresh
+    mmap that faults in 4 KiB at a time on every step. With ``M_MMAP_MAX = 0`` they come from the heap, which
+    is not trimmed, and later steps reuse its pages. Huge pages are off here, so the count shows the allocator
+    alone; ``FFNET_TS_KEEP_FREED_MEMORY=0`` leaves glibc as it is."""
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
+    env.pop("FFNET_TS_KEEP_FREED_MEMORY", None)
+    out = subprocess.run([sys.executable, "-c", _LARGE], check=True, capture_output=True, text=True, env=env).stdout
+    applied, kept = out.split()[-2:]
+    env["FFNET_TS_KEEP_FREED_MEMORY"] = "0"
+    out = subprocess.run([sys.executable, "-c", _LARGE], check=True, capture_output=True, text=True, env=env).stdout
+    not_applied, default = out.split()[-2:]
+    assert (applied, not_applied) == ("True", "False")
+    assert int(default) > 100_000  # ~2 x 200,000 at 4 KiB a page
+    assert int(kept) < int(default) / 10
+
+
 _THP = """
 import resource
 import ffnet_ts  # before torch, as the ffnet-ts command does

@@ -118,6 +118,23 @@ def test_tiny_budget_search_is_deterministic_and_never_touches_test(prep, first,
     # another seed draws other candidates
     assert TU.sample_configs(SPACE, BASE, 4, seed=4) != TU.sample_configs(SPACE, BASE, 4, seed=3)
     assert TU.sample_configs(SPACE, BASE, 4, seed=3)[0] == BASE
+    assert {k: first.table[1][k] for k in BASE} == {**BASE, "lr": 3e-3}  # the base's other lr
+
+
+def test_candidates_after_the_base_are_its_other_learning_rates():
+    space = {**SPACE, "lr": (1e-4, 3e-4, 1e-3)}
+    base = {**BASE, "lr": 1e-4}
+    three = TU.sample_configs(space, base, 3, seed=0)
+    assert three == [base, {**base, "lr": 1e-3}, {**base, "lr": 3e-4}]  # farthest lr first
+    assert TU.sample_configs(space, base, 2, seed=0) == three[:2]
+    assert TU.sample_configs(space, {**base, "lr": 3e-4}, 3, seed=0)[1:] == [  # 1e-3 is farther (x3.3 vs x3)
+        {**base, "lr": 1e-3}, {**base, "lr": 1e-4}]
+    many = TU.sample_configs(space, base, 9, seed=5)
+    assert many[:3] == three and len({tuple(sorted(c.items())) for c in many}) == 9
+    assert many[3:] != TU.sample_configs(space, base, 9, seed=6)[3:]  # the seed draws the rest
+    # a pinned lr leaves only the base and random draws
+    pinned = TU.sample_configs({**space, "lr": (1e-4,)}, base, 3, seed=0)
+    assert pinned[0] == base and all(c != base for c in pinned[1:])
 
 
 def test_interrupted_search_resumes_to_the_same_choice(prep, first, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 import shutil
 import warnings
@@ -129,37 +130,47 @@ def cpu_bf16_native() -> bool:
 
 
 _MALLOC_TUNED = False
+KEEP_MEMORY_ENV = "FFNET_TS_KEEP_FREED_MEMORY"  # "0": leave glibc's allocator as it is
 
 
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed activation buffers for reuse instead of returning them to the kernel.
 
     By default glibc serves every allocation above 128 KiB-32 MiB (adaptive) with a fresh ``mmap`` and gives
-    it back on free, so each training step page-faults its activations in again: a batch-128 FFNet-TS step
-    took 13,000-16,000 minor faults, about 2,000 with this setting (measured on an Intel Xeon VM, 2026-12-01;
-    single runs there put the step 10-20 % faster, within that VM's run-to-run drift, so no figure is
-    claimed). Setting the mmap threshold to its 32 MiB maximum
-    and disabling heap trimming (what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do) keeps those
-    pages mapped. Results are unchanged; the process keeps its peak heap. No-op off glibc. Returns whether it
-    applied.
+    it back on free, so each training step page-faults its activations in again, and the kernel time spent
+    mapping, zeroing and (with transparent huge pages) compacting those pages rivals the arithmetic. This
+    sets, through ``mallopt``:
 
-    glibc caps that threshold at 32 MiB, so larger activations (an fp32 (512, 896, 48) tensor is 88 MB: the
-    reference recipes train at batch 512-2048) are still mmapped and faulted in 4 KiB at a time on every
-    step: 829,000 minor faults per batch-512 FFNet-TS step. For those, ``import ffnet_ts`` sets torch's
-    ``THP_MEM_ALLOC_ENABLE=1`` (2 MiB-aligned allocations advised to use transparent huge pages) when torch
-    is not imported yet: 31,000 faults and 2.0 instead of 3.0 s per step (1 thread, Intel Xeon VM with two
-    training jobs on the other core, 2026-12-01). It needs the kernel's THP mode ``madvise`` or ``always``.
+    * ``M_MMAP_MAX = 0``: no allocation is served by its own ``mmap``; all come from the heap, which also
+      covers the activations above glibc's 32 MiB threshold cap that the reference recipes' batches produce
+      (an fp32 (512, 896, 48) tensor is 88 MB). glibc still falls back to ``mmap`` if the heap cannot grow.
+    * ``M_TRIM_THRESHOLD`` at its maximum and ``M_MMAP_THRESHOLD`` at 32 MiB: the heap is not trimmed, so
+      freed pages stay mapped and the next step reuses them without a fault.
+
+    Measured by ``benchmarks/timeseries_malloc.py`` (Intel Xeon VM, 2026-12-02; Weather shapes, 21 variables,
+    ffn_ratio 4, bf16, 2 threads, fresh processes, settings alternated): a batch-128 step took 1.23 s with
+    glibc's defaults (0.65 s of it kernel time) and 0.66 s with this; batch 256 3.68 -> 1.30 s; batch 512
+    5.04 -> 2.19 s. The losses agree bit for bit (the allocator does not touch the arithmetic). The cost:
+    the process keeps its peak heap plus fragmentation (peak RSS 3.2 -> 5.2 GB at batch 512; a longer loop
+    levelled off at 6.3 GB). ``FFNET_TS_KEEP_FREED_MEMORY=0`` opts out. No-op off glibc.
+    Returns whether it applied.
+
+    ``import ffnet_ts`` before torch also sets torch's ``THP_MEM_ALLOC_ENABLE=1`` (2 MiB-aligned allocations
+    advised to use transparent huge pages): with the heap kept, the few faults left are then 2 MiB ones (218
+    instead of 6,720 minor faults per batch-256 step). It needs the kernel's THP mode ``madvise`` or
+    ``always``.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
         return True
-    if platform.system() != "Linux":
+    if platform.system() != "Linux" or os.environ.get(KEEP_MEMORY_ENV, "1") == "0":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
+        m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
         ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
         ok = libc.mallopt(m_trim_threshold, 2**31 - 1) == 1 and ok
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and ok
     except (OSError, AttributeError):
         return False
     _MALLOC_TUNED = ok
