@@ -256,6 +256,9 @@ def measure(ds: str, h: int, model: str, prep: D.Prepared, steps: int = 1, preci
     """Median seconds of a training step (forward + backward + Adam at the recipe's batch; the forward under
     ``precision``'s autocast, as ``T.fit`` runs it) and of one 512-window evaluation batch (fp32), then the
     cell's estimated seconds at the recipe's maximum epochs."""
+    from ffnet_ts.accel import keep_freed_memory
+
+    keep_freed_memory()  # as run_cell does, so the estimate times the allocator the cells run with
     model_args, train_args = recipe(model, ds, h)
     torch.manual_seed(SEED)
     net = create_model(model, n_vars=prep.n_vars, lookback=LOOKBACK, horizon=h, **model_args).train()
@@ -481,12 +484,16 @@ def _running_elsewhere(cell: tuple) -> bool:
         return False
 
 
+MAX_KILLS = 3  # a cell killed by a signal this many times in one runner is given up (as an error would be)
+
+
 def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, precision: str = "fp32") -> None:
     """Every missing cell of datasets x horizons x models in order, each in a fresh subprocess (so it picks up
     the current code). The order is recomputed before every cell, so estimates written by a concurrent --plan
     are used as they land. Runners over disjoint models can share a machine; a cell another process is
     running is skipped (its lock is taken atomically by the cell itself)."""
     failed: set = set()
+    killed: dict = {}
     while True:
         estimates = _load_estimates()
         todo = [c for c in ordered_cells(estimates) if c not in failed and not _running_elsewhere(c)
@@ -516,10 +523,16 @@ def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, 
                "MKL_NUM_THREADS": str(threads)}
         rc = subprocess.run([sys.executable, __file__, "--cell", ds, str(h), m, "--threads", str(threads),
                              "--precision", precision], env=env).returncode
-        if rc != 0:
-            failed.add((ds, h, m))
         print(f"[{time.strftime('%H:%M:%S')}] end {cell_name(ds, h, m)} rc={rc} "
               f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+        if rc < 0 and killed.get((ds, h, m), 0) < MAX_KILLS:
+            # killed by a signal: on this shared machine, the kernel's OOM killer (SIGKILL) when another job grew.
+            # The cell resumes from its last finished epoch, so it goes back in the queue (memory permitting).
+            killed[(ds, h, m)] = killed.get((ds, h, m), 0) + 1
+            print(f"[{time.strftime('%H:%M:%S')}] {cell_name(ds, h, m)} was killed by signal {-rc}; it will resume "
+                  f"from its last finished epoch (retry {killed[(ds, h, m)]} of {MAX_KILLS})", flush=True)
+        elif rc != 0:
+            failed.add((ds, h, m))
         write_table()
 
 

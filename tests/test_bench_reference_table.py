@@ -123,3 +123,38 @@ def test_remaining_plan_counts_the_epochs_a_resume_state_still_needs(bench, monk
     assert "| ETTh1 | 96 | PatchTST | 1.00 (32) | 10.0 min | 7 / 10 | 0.5 |" in bench.remaining_table()
     (cells / "ETTh1_96_patchtst.json").write_text(json.dumps(landed))  # a cell that lands leaves the table
     assert "PatchTST" not in bench.remaining_table().split("\n\n")[0]
+
+
+def test_a_cell_killed_by_a_signal_is_retried_and_an_error_is_not(bench, monkeypatch, tmp_path):
+    """The OOM killer ended a cell mid-run (rc -9, 2026-12-02); it resumes from its state file, so the runner
+    queues it again, up to MAX_KILLS times. A cell that exits with an error is not retried."""
+    import subprocess
+    import types
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    monkeypatch.setattr(bench, "CELLS_DIR", cells)
+    monkeypatch.setattr(bench, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(bench, "_load_estimates", lambda: {})
+    monkeypatch.setattr(bench, "ordered_cells", lambda est: [("ETTh1", 96, "dlinear"), ("ETTh2", 96, "dlinear")])
+    monkeypatch.setattr(bench, "_mem_available_gb", lambda: 100.0)
+    monkeypatch.setattr(bench, "write_table", lambda: "")
+    codes = {"ETTh1": [-9, -9, 0], "ETTh2": [1]}
+    runs = []
+
+    def fake_run(cmd, env=None):
+        ds = cmd[cmd.index("--cell") + 1]
+        runs.append(ds)
+        rc = codes[ds].pop(0)
+        if rc == 0:
+            (cells / f"{ds}_96_dlinear.json").write_text("{}")
+        return types.SimpleNamespace(returncode=rc)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    bench.run_grid(1, datasets=["ETTh1", "ETTh2"], horizons=[96], models=["dlinear"])
+    assert runs == ["ETTh1", "ETTh1", "ETTh1", "ETTh2"]  # killed twice, then finished; the error once
+    codes["ETTh1"] = [-9] * (bench.MAX_KILLS + 1)
+    (cells / "ETTh1_96_dlinear.json").unlink()
+    runs.clear()
+    bench.run_grid(1, datasets=["ETTh1"], horizons=[96], models=["dlinear"])
+    assert runs == ["ETTh1"] * (bench.MAX_KILLS + 1)  # given up after MAX_KILLS retries
