@@ -34,7 +34,7 @@ validation split inside a wall-clock budget:
   budget (README, tuning: one annealed epoch at lr 1e-3 reached a validation MSE no 10-minute search
   reached). So the candidates after the base are the base at the space's other learning rates, the
   farthest first; random draws fill the rest of larger searches. With this order (and a faster step), lr 1e-3
-  won rung 0 of both 10-minute Weather searches measured and the result came within 3 % of the reference cell.
+  won rung 0 of all three 10-minute Weather searches measured and each came within 3 % of the reference cell.
 * **Equal time, not equal epochs.** The calibration also times the cheapest ``ffn_ratio``; a candidate's
   epoch then holds ``epoch_windows`` x (costliest / its own seconds per window, linear in ``ffn_ratio``
   between the two measured) windows, up to a full pass. Every candidate gets about the same seconds per rung,
