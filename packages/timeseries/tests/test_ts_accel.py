@@ -130,7 +130,7 @@ def test_keep_freed_memory_keeps_activations_above_the_mmap_cap_too():
     out = subprocess.run([sys.executable, "-c", _LARGE], check=True, capture_output=True, text=True, env=env).stdout
     not_applied, default = out.split()[-2:]
     assert (applied, not_applied) == ("True", "False")
-    assert int(default) > 100_000  # ~2 x 200,000 at 4 KiB a page
+    assert int(default) > 20_000  # 70,000-160,000 over the two steps on the machines seen (4 KiB pages)
     assert int(kept) < int(default) / 10
 
 
