@@ -26,6 +26,7 @@ results/timeseries_reference.md. Needs the CSVs
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -493,7 +494,7 @@ def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, 
     are used as they land. Runners over disjoint models can share a machine; a cell another process is
     running is skipped (its lock is taken atomically by the cell itself)."""
     failed: set = set()
-    killed: dict = {}
+    killed: collections.Counter = collections.Counter()
     while True:
         estimates = _load_estimates()
         todo = [c for c in ordered_cells(estimates) if c not in failed and not _running_elsewhere(c)
@@ -525,10 +526,10 @@ def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, 
                              "--precision", precision], env=env).returncode
         print(f"[{time.strftime('%H:%M:%S')}] end {cell_name(ds, h, m)} rc={rc} "
               f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-        if rc < 0 and killed.get((ds, h, m), 0) < MAX_KILLS:
+        if rc < 0 and killed[(ds, h, m)] < MAX_KILLS:
             # killed by a signal: on this shared machine, the kernel's OOM killer (SIGKILL) when another job grew.
             # The cell resumes from its last finished epoch, so it goes back in the queue (memory permitting).
-            killed[(ds, h, m)] = killed.get((ds, h, m), 0) + 1
+            killed[(ds, h, m)] += 1
             print(f"[{time.strftime('%H:%M:%S')}] {cell_name(ds, h, m)} was killed by signal {-rc}; it will resume "
                   f"from its last finished epoch (retry {killed[(ds, h, m)]} of {MAX_KILLS})", flush=True)
         elif rc != 0:

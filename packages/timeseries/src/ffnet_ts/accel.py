@@ -139,8 +139,7 @@ def keep_freed_memory() -> bool:
     By default glibc serves every allocation above 128 KiB-32 MiB (adaptive) with a fresh ``mmap`` and gives
     it back on free, so each training step page-faults its activations in again, and the kernel time spent
     mapping and zeroing those pages (and perhaps compacting memory for huge pages: not profiled) rivals the
-    arithmetic. This
-    sets, through ``mallopt``:
+    arithmetic. This sets, through ``mallopt``:
 
     * ``M_MMAP_MAX = 0``: no allocation is served by its own ``mmap``; all come from the heap, which also
       covers the activations above glibc's 32 MiB threshold cap that the reference recipes' batches produce
@@ -158,8 +157,8 @@ def keep_freed_memory() -> bool:
 
     ``import ffnet_ts`` before torch also sets torch's ``THP_MEM_ALLOC_ENABLE=1`` (2 MiB-aligned allocations
     advised to use transparent huge pages): with the heap kept, the few faults left are then 2 MiB ones (218
-    instead of 6,720 minor faults per batch-256 step, one stand-alone step loop). It needs the kernel's THP mode ``madvise`` or
-    ``always``.
+    instead of 6,720 minor faults per batch-256 step, one stand-alone step loop). It needs the kernel's THP
+    mode ``madvise`` or ``always``.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:

@@ -17,8 +17,8 @@ validation split inside a wall-clock budget:
   it, not in the noisy middle of a constant-lr run. The survivor then plans as many more epochs as fit in
   ``ANNEAL_FILL`` of the budget left, at its own measured seconds per epoch, with one more cosine to 0 over
   exactly those epochs. Early stopping is off inside an annealed stage (the restart worsens validation for a
-  while on purpose); the best-validation weights are still kept. Under a budget of a few epochs, ending at lr 0 instead of being cut at a constant lr
-  is what makes a short run count: on Weather H96 one epoch at lr 1e-3 with the cosine reached validation
+  while on purpose); the best-validation weights are still kept. Under a budget of a few epochs, ending at
+  lr 0 instead of being cut at a constant lr is what makes a short run count: on Weather H96 one epoch at lr 1e-3 with the cosine reached validation
   MSE 0.394, where the reference recipe needed 7 epochs (README, tuning). The plan is in the state file.
 * **Budget -> plan.** A short calibration measures seconds per training window (at the costliest
   ``ffn_ratio`` of the space) and per validation window; the plan then sizes an "epoch" (``epoch_windows``,
