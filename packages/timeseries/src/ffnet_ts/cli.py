@@ -765,7 +765,7 @@ def cmd_datasets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import LOSSES, LR_SCHEDULES, PRECISIONS
+    from .options import LOSSES, LR_SCHEDULES, PRECISIONS  # not .train: --help must not wait for torch
 
     p = argparse.ArgumentParser(prog="ffnet-ts", description="FFNet-TS long-horizon forecasting (standard protocol).")
     sub = p.add_subparsers(dest="command", required=True)

@@ -69,10 +69,9 @@ from ffnet.fileio import atomic_output
 from torch import nn
 
 from .data import Prepared, cycle_gain, gather_windows
+from .options import LOSSES, LR_SCHEDULES, PRECISIONS
 
-LR_SCHEDULES = ("official", "type3", "type1", "onecycle", "cosine", "constant")
-_LOSS_FNS = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}
-LOSSES = tuple(_LOSS_FNS)
+_LOSS_FNS = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.smooth_l1_loss}  # keys: options.LOSSES
 CHECKPOINT_FORMAT = "ffnet-ts/1"
 
 
@@ -196,7 +195,6 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> floa
 # ---------------------------------------------------------------------------------------------------------
 
 
-PRECISIONS = ("fp32", "bf16")
 
 
 def check_precision(precision: str, device: torch.device) -> None:
