@@ -105,14 +105,16 @@ from ffnet_ts.model import create_model
 print(accel.keep_freed_memory())
 torch.set_num_threads(1)
 torch.manual_seed(0)
-net = create_model("ffnet_ts", n_vars=7, lookback=96, horizon=96).train()
+# kernel 3: the kernel size does not change the activations' sizes, only the arithmetic between them
+net = create_model("ffnet_ts", n_vars=7, lookback=96, horizon=96, kernel_size=3, small_kernel=None).train()
 opt = torch.optim.Adam(net.parameters())
 x, y = torch.randn(256, 96, 7), torch.randn(256, 96, 7)  # activations of (256 * 7, 128, 48) fp32: 44 MB each
-for i in range(4):
-    if i == 2:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
+for i in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     opt.zero_grad(); torch.nn.functional.mse_loss(net(x), y).backward(); opt.step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults[2:]))
 """
 
 
@@ -121,7 +123,11 @@ def test_keep_freed_memory_keeps_activations_above_the_mmap_cap_too():
     """At batch 256 the activations are above glibc's 32 MiB mmap threshold cap, so by default each is a fresh
     mmap that faults in 4 KiB at a time on every step. With ``M_MMAP_MAX = 0`` they come from the heap, which
     is not trimmed, and later steps reuse its pages. Huge pages are off here, so the count shows the allocator
-    alone; ``FFNET_TS_KEEP_FREED_MEMORY=0`` leaves glibc as it is."""
+    alone; ``FFNET_TS_KEEP_FREED_MEMORY=0`` leaves glibc as it is.
+
+    The count is the fewest faults of steps 3-6: while the kept heap still settles, a step now and then grows it
+    by 21 MB (5,376 pages; up to 32,256 faults seen in one step), which a single step's count mistook for churn.
+    """
     env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
     env.pop("FFNET_TS_KEEP_FREED_MEMORY", None)
     out = subprocess.run([sys.executable, "-c", _LARGE], check=True, capture_output=True, text=True, env=env).stdout
@@ -130,8 +136,8 @@ def test_keep_freed_memory_keeps_activations_above_the_mmap_cap_too():
     out = subprocess.run([sys.executable, "-c", _LARGE], check=True, capture_output=True, text=True, env=env).stdout
     not_applied, default = out.split()[-2:]
     assert (applied, not_applied) == ("True", "False")
-    assert int(default) > 20_000  # 70,000-160,000 over the two steps on the machines seen (4 KiB pages)
-    assert int(kept) < int(default) / 10
+    assert int(default) > 20_000  # 70,000-145,000 per step on the machines seen (4 KiB pages)
+    assert int(kept) < int(default) / 10  # 0 in the runs seen
 
 
 _THP = """
