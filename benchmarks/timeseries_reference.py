@@ -430,7 +430,7 @@ N_VARS = {"ETTh1": 7, "ETTh2": 7, "ETTm1": 7, "ETTm2": 7, "Weather": 21}
 
 def memory_need_gb(ds: str, h: int, model: str) -> float:
     """Rough peak memory of a cell's training step. FFNet-TS's activations grow with batch x variables x
-    ffn_ratio; the baselines stay near 2 GB. Fitted to peak RSS with the kept heap (``keep_freed_memory``):
+    ffn_ratio, PatchTST's with batch x variables; DLinear and iTransformer stay near 2 GB. Fitted to peak RSS with the kept heap (``keep_freed_memory``):
     ETTm2 H720 (batch 2048, 7 variables, ratio 12) 11.4 GB -> 12.2 here; Weather shapes (batch 512, 21
     variables, ratio 4) 5.2 GB -> 5.2. The coefficient was 1.7 (+1.7 GB at batch 256, ratio 12, scaled
     linearly), which put an ETTm cell at 14.6 GB and kept it waiting beside a 7 GB PatchTST Weather cell."""
