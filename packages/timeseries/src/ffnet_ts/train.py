@@ -195,8 +195,6 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> floa
 # ---------------------------------------------------------------------------------------------------------
 
 
-
-
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision this device cannot run well (bf16 on a CPU without native bf16 is emulated)."""
     if precision not in PRECISIONS:
