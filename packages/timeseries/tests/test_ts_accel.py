@@ -110,7 +110,7 @@ net = create_model("ffnet_ts", n_vars=7, lookback=96, horizon=96, kernel_size=3,
 opt = torch.optim.Adam(net.parameters())
 x, y = torch.randn(256, 96, 7), torch.randn(256, 96, 7)  # activations of (256 * 7, 128, 48) fp32: 44 MB each
 faults = []
-for i in range(6):
+for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     opt.zero_grad(); torch.nn.functional.mse_loss(net(x), y).backward(); opt.step()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)

@@ -7,7 +7,7 @@ them torch and ffnet-core) load on first use of one of their names, so ``ffnet-s
 
 _ARCHS = ("FFNetSR", "VARIANTS", "create_model", "ffnetsr", "ffnetsr_light", "ffnetsr_mini")
 
-__all__ = ["FFNetSR", "VARIANTS", "create_model", "ffnetsr", "ffnetsr_light", "ffnetsr_mini", "load_pretrained"]
+__all__ = [*_ARCHS, "load_pretrained"]
 __version__ = "0.1.0"
 
 
