@@ -158,3 +158,25 @@ def test_a_cell_killed_by_a_signal_is_retried_and_an_error_is_not(bench, monkeyp
     runs.clear()
     bench.run_grid(1, datasets=["ETTh1"], horizons=[96], models=["dlinear"])
     assert runs == ["ETTh1"] * (bench.MAX_KILLS + 1)  # given up after MAX_KILLS retries
+
+
+def test_resume_states_can_live_in_the_repo(load_benchmark, monkeypatch, tmp_path):
+    """A new machine starts without ~/.cache: $FFNET_REF_STATE_DIR puts the resume states in benchmarks/state/,
+    where they are committed; their locks, logs and smoke states are ignored by git."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    monkeypatch.setenv("FFNET_REF_STATE_DIR", str(tmp_path / "st"))
+    assert load_benchmark("timeseries_reference").STATE_DIR == tmp_path / "st"
+    monkeypatch.delenv("FFNET_REF_STATE_DIR")
+    monkeypatch.setenv("FFNET_CACHE_DIR", str(tmp_path / "c"))
+    assert load_benchmark("timeseries_reference").STATE_DIR == tmp_path / "c" / "timeseries_reference"
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    d = "benchmarks/state/timeseries_reference/"
+    names = [d + n for n in ("ETTm2_96_ffnet_ts.bf16.pt", "ETTm2_96_ffnet_ts.lock", "runF.log", "x.bf16.smoke.pt")]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
+    assert out.stdout.split() == names[1:]
