@@ -21,8 +21,8 @@ nothing is tuned at all: the recipes are taken as written.
     uv run python benchmarks/timeseries_reference.py --table
 
 Outputs: results/timeseries_reference/<dataset>_<horizon>_<model>.json (one per finished cell),
-results/timeseries_reference_estimates.json, results/timeseries_reference_remaining.json and
-results/timeseries_reference.md. Needs the CSVs
+results/timeseries_reference_estimates.json, results/timeseries_reference_remaining.json,
+results/timeseries_reference.md and its picture results/timeseries_reference.png. Needs the CSVs
 (``$FFNET_DATA_DIR``). Timings are wall-clock seconds on whatever machine runs it, never asserted.
 """
 
@@ -729,7 +729,84 @@ def write_table() -> str:
     tmp.write_text(text)
     os.replace(tmp, TABLE)
     sync_readme(results_table(cells), done, len(order))
+    plot_grid(cells)
     return text
+
+
+PLOT = RESULTS / "timeseries_reference.png"
+REL_YLIM = (-20, 40)  # % vs iTransformer; taller bars (DLinear on ETTh2: up to +100 %) are clipped and labelled
+COLORS = {"ffnet_ts": "C3", "itransformer": "C0", "patchtst": "C2", "dlinear": "0.45"}
+
+
+def plot_grid(cells: dict, path: Path = PLOT) -> dict:
+    """PNG of the finished cells: per dataset, test MSE against the horizon for each model (top row) and each
+    model's MSE relative to iTransformer's in the same run (bottom row, %; below 0 = better than iTransformer).
+    Missing cells are left out, never interpolated. Returns the plotted points {(row, model, dataset): [(h, y)]}
+    so a test can check what was drawn."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ffnet.fileio import atomic_write_bytes
+
+    drawn: dict = {}
+    fig, axes = plt.subplots(2, len(DATASETS), figsize=(3.2 * len(DATASETS), 6.2), squeeze=False)
+    x_of = {h: i for i, h in enumerate(HORIZONS)}
+    for j, ds in enumerate(DATASETS):
+        top, bottom = axes[0, j], axes[1, j]
+        paper = [(x_of[h], PAPER_ITRANSFORMER[(ds, h)][0]) for h in HORIZONS if (ds, h) in PAPER_ITRANSFORMER]
+        if paper:
+            top.plot(*zip(*paper), "x", color="0.6", ms=6, label="iTransformer (paper)")
+        width = 0.8 / (len(MODELS) - 1)
+        k = 0
+        for m in MODELS:
+            pts = [(h, cells[(ds, h, m)]["mse"]) for h in HORIZONS if (ds, h, m) in cells]
+            drawn[("mse", m, ds)] = pts
+            if pts:  # NaN at a missing horizon breaks the line there: no segment bridges a missing cell
+                ys = [cells[(ds, h, m)]["mse"] if (ds, h, m) in cells else float("nan") for h in HORIZONS]
+                top.plot(range(len(HORIZONS)), ys, "o-", color=COLORS[m], ms=4,
+                         lw=2.2 if m == "ffnet_ts" else 1.2, label=NAMES[m])
+            if m == "itransformer":
+                continue
+            rel = [(h, 100 * (cells[(ds, h, m)]["mse"] / cells[(ds, h, "itransformer")]["mse"] - 1)) for h in HORIZONS
+                   if (ds, h, m) in cells and (ds, h, "itransformer") in cells]
+            drawn[("rel", m, ds)] = rel
+            if rel:
+                xs = [x_of[h] - 0.4 + width * (k + 0.5) for h, _ in rel]
+                bottom.bar(xs, [y for _, y in rel], width, color=COLORS[m], label=NAMES[m])
+                for x, (_, y) in zip(xs, rel):
+                    if y > REL_YLIM[1]:  # clipped bar: print its value
+                        bottom.annotate(f"+{y:.0f}", (x, REL_YLIM[1]), xytext=(0, -9), textcoords="offset points",
+                                        ha="center", fontsize=6, color="white")
+            k += 1
+        for ax in (top, bottom):
+            ax.set_xticks(range(len(HORIZONS)), [str(h) for h in HORIZONS])
+            ax.set_xlim(-0.6, len(HORIZONS) - 0.4)
+            ax.grid(axis="y", color="0.9")
+        bottom.axhline(0, color="C0", lw=1)
+        bottom.set_ylim(*REL_YLIM)
+        top.set_title(ds, fontsize=10)
+        bottom.set_xlabel("horizon")
+        for h in HORIZONS:
+            gaps = [NAMES[m][0] for m in MODELS if (ds, h, m) not in cells]
+            if gaps:
+                top.annotate("missing: " + ",".join(gaps), (x_of[h], 0), xycoords=("data", "axes fraction"),
+                             xytext=(0, 3), textcoords="offset points", ha="center", fontsize=6, color="0.4")
+    axes[0, 0].set_ylabel("test MSE (standardized)")
+    axes[1, 0].set_ylabel("MSE vs iTransformer, same run (%)")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    axes[1, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Reference recipes, lookback 96, every test window: {len(cells)} of "
+                 f"{len(DATASETS) * len(HORIZONS) * len(MODELS)} cells (missing: D DLinear, i iTransformer, "
+                 "P PatchTST, F FFNet-TS)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return drawn
 
 
 README = HERE.parent / "packages" / "timeseries" / "README.md"

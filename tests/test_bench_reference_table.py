@@ -180,3 +180,21 @@ def test_resume_states_can_live_in_the_repo(load_benchmark, monkeypatch, tmp_pat
     names = [d + n for n in ("ETTm2_96_ffnet_ts.bf16.pt", "ETTm2_96_ffnet_ts.lock", "runF.log", "x.bf16.smoke.pt")]
     out = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
     assert out.stdout.split() == names[1:]
+
+
+def test_grid_plot_draws_only_finished_cells_relative_to_itransformer(bench, tmp_path):
+    from PIL import Image
+
+    cells = {("ETTh1", 96, "itransformer"): _cell("ETTh1", 96, "itransformer", 0.40),
+             ("ETTh1", 96, "ffnet_ts"): _cell("ETTh1", 96, "ffnet_ts", 0.38),
+             ("ETTh1", 720, "ffnet_ts"): _cell("ETTh1", 720, "ffnet_ts", 0.48),  # no iTransformer cell here
+             ("ETTh2", 96, "dlinear"): _cell("ETTh2", 96, "dlinear", 0.90)}
+    png = tmp_path / "grid.png"
+    drawn = bench.plot_grid(cells, png)
+    assert drawn[("mse", "ffnet_ts", "ETTh1")] == [(96, 0.38), (720, 0.48)]
+    assert drawn[("mse", "patchtst", "ETTh1")] == []
+    rel = drawn[("rel", "ffnet_ts", "ETTh1")]
+    assert [h for h, _ in rel] == [96] and rel[0][1] == pytest.approx(-5.0)  # 0.38 / 0.40 - 1
+    assert drawn[("rel", "dlinear", "ETTh2")] == []  # nothing to compare against
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > im.size[1] > 300
