@@ -37,10 +37,18 @@ def load_benchmark():
     """``load_benchmark("timeseries_ett")``: a script from benchmarks/ imported as a module (they are not a package)."""
     import importlib.util
 
+    import sys
+
+    here = Path(__file__).resolve().parent / "benchmarks"
+
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "benchmarks" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, here / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        sys.path.insert(0, str(here))  # the scripts import their sibling ``_common`` as they do when run
+        try:
+            spec.loader.exec_module(mod)
+        finally:
+            sys.path.remove(str(here))
         return mod
 
     return load

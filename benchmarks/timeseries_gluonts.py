@@ -1,0 +1,182 @@
+"""FFNetEstimator against gluonts' own DLinearEstimator and PatchTSTEstimator, the gluonts way.
+
+What a gluonts user would run to decide between them: every variable of an ETT subset is a univariate item,
+standardized with the train split's mean and std (so the MSE is comparable across items); every estimator
+trains on the train split (the first 12 months) for the same ``--epochs`` x ``--batches-per-epoch`` sampled
+batches of ``--batch-size`` windows, with its own gluonts defaults otherwise (lr 1e-3, no validation, no early
+stopping); forecasts are made for non-overlapping test windows (``distance = horizon``) over the test split
+(the last 4 months) with ``gluonts.dataset.split``, and scored by ``gluonts.evaluation.Evaluator`` on the
+forecasts' means. gluonts' seasonal naive forecasts (season 1 = repeat the last value, and season 24) are
+scored on the same windows. Seeds: ``--seeds`` (each model, each seed, one fresh training).
+
+    FFNET_DATA_DIR=../shared/data nice -n 10 uv run python benchmarks/timeseries_gluonts.py --threads 1
+
+Results: ``results/timeseries_gluonts.{json,md}``. Not the long-horizon protocol (that is every window,
+multivariate input, ``timeseries_reference.py``): gluonts trains on sampled windows of univariate items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from _common import environment, save
+
+warnings.filterwarnings("ignore", module="gluonts")
+warnings.filterwarnings("ignore", module="lightning")
+warnings.filterwarnings("ignore", category=RuntimeWarning)  # gluonts' Evaluator casts NaN-free arrays noisily
+
+
+def items(name: str, lookback: int, horizon: int, split_name: str = "test"):
+    """(train dataset, test template, windows per item, item ids) of ``name``'s standardized variables;
+    ``split_name="val"`` gives the validation months' windows instead (for choosing settings)."""
+    from ffnet_ts import data as D
+    from gluonts.dataset.common import ListDataset
+    from gluonts.dataset.split import split
+
+    prep = D.prepare(D.load(name), lookback, horizon)
+    freq = prep.series.freq or pd.infer_freq(prep.series.dates[:10])
+    start = pd.Period(prep.series.dates[0], freq=freq)
+    values = prep.data.numpy().astype(np.float32)  # (T, C), train-only standardization
+    _, test_end = prep.borders[split_name]
+    train_end = prep.borders["train"][1]
+    test_first = prep.borders[split_name][0] + lookback  # first forecast step of the protocol's split
+    ds = ListDataset([{"start": start, "target": values[:test_end, j], "item_id": c}
+                      for j, c in enumerate(prep.columns)], freq=freq)
+    train = ListDataset([{"start": start, "target": values[:train_end, j], "item_id": c}
+                         for j, c in enumerate(prep.columns)], freq=freq)
+    windows = (test_end - test_first - horizon) // horizon + 1
+    _, template = split(ds, offset=test_first - test_end)
+    return train, template.generate_instances(prediction_length=horizon, windows=windows, distance=horizon), \
+        windows, list(prep.columns)
+
+
+def estimator(model: str, horizon: int, lookback: int, a, root: str):
+    trainer = dict(max_epochs=a.epochs, accelerator="cpu", enable_progress_bar=False, logger=False,
+                   enable_model_summary=False, default_root_dir=root)
+    common = dict(prediction_length=horizon, context_length=lookback, batch_size=a.batch_size,
+                  num_batches_per_epoch=a.batches_per_epoch, trainer_kwargs=trainer)
+    if model == "FFNetEstimator":
+        from ffnet_ts.gluonts import FFNetEstimator
+        return FFNetEstimator(**common)
+    if model == "DLinearEstimator":
+        from gluonts.torch.model.d_linear import DLinearEstimator
+        return DLinearEstimator(**common)
+    if model == "PatchTSTEstimator":
+        from gluonts.torch.model.patch_tst import PatchTSTEstimator
+        return PatchTSTEstimator(patch_len=16, stride=8, **common)
+    raise ValueError(model)
+
+
+def score(predictor, test) -> dict:
+    from gluonts.evaluation import Evaluator
+
+    forecasts = list(predictor.predict(test.input))
+    # the whole history up to the window's end: the Evaluator scores the forecast's span of it and takes MASE's
+    # seasonal error from the part before it
+    truths = [pd.Series(np.concatenate([inp["target"], lab["target"]]),
+                        index=pd.period_range(inp["start"], periods=len(inp["target"]) + len(lab["target"]),
+                                              freq=inp["start"].freq))
+              for inp, lab in zip(test.input, test.label)]
+    agg, _ = Evaluator(quantiles=(0.1, 0.5, 0.9), num_workers=0)(truths, forecasts)
+    # scored on the means (FFNet-TS is a point forecaster)
+    err = np.stack([f.mean - np.asarray(lab["target"]) for f, lab in zip(forecasts, test.label)])  # (windows*items, H)
+    return {"mse": float((err ** 2).mean()), "mae": float(np.abs(err).mean()), "gluonts_MSE": agg["MSE"],
+            "ND": agg["ND"], "NRMSE": agg["NRMSE"], "MASE": agg["MASE"], "mean_wQuantileLoss":
+            agg["mean_wQuantileLoss"], "forecasts": len(forecasts)}
+
+
+def run_model(model: str, name: str, seed: int, a, train, test) -> dict:
+    import lightning.pytorch as pl
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # after its import: a checkpoint line per epoch
+    pl.seed_everything(seed, workers=True, verbose=False)
+    with tempfile.TemporaryDirectory() as root:
+        est = estimator(model, a.horizon, a.lookback, a, root)
+        t = time.perf_counter()
+        predictor = est.train(train)
+        train_s = time.perf_counter() - t
+    params = sum(p.numel() for p in predictor.prediction_net.parameters())
+    return {"dataset": name, "model": model, "seed": seed, "train_seconds": round(train_s, 1), "params": params,
+            **score(predictor, test)}
+
+
+def run_naive(season: int, name: str, a, test) -> dict:
+    from gluonts.model.seasonal_naive import SeasonalNaivePredictor
+
+    pred = SeasonalNaivePredictor(prediction_length=a.horizon, season_length=season)
+    return {"dataset": name, "model": f"seasonal naive ({season})", "seed": None, "train_seconds": 0.0,
+            "params": 0, **score(pred, test)}
+
+
+MODELS = ["FFNetEstimator", "DLinearEstimator", "PatchTSTEstimator"]
+
+
+def table(rows: list[dict], a) -> str:
+    lines = [f"gluonts-native comparison: univariate standardized items, lookback {a.lookback}, horizon {a.horizon}, "
+             f"{a.epochs} epochs x {a.batches_per_epoch} batches of {a.batch_size}, gluonts defaults otherwise; "
+             f"non-overlapping test windows; mean +- std over seeds {a.seeds}; {a.threads} thread(s).", "",
+             "| data | model | MSE | MAE | ND | MASE | mean wQL | MSE vs DLinear | train s | params |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for ds in a.datasets:
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            if r["dataset"] == ds:
+                groups.setdefault(r["model"], []).append(r)
+        ref = statistics.mean(r["mse"] for r in groups.get("DLinearEstimator", [])) if "DLinearEstimator" in groups \
+            else None
+
+        def ms(rs, k, fmt="{:.3f}"):
+            v = [r[k] for r in rs]
+            return fmt.format(statistics.mean(v)) + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
+        for m, rs in groups.items():
+            mse = statistics.mean(r["mse"] for r in rs)
+            lines.append(f"| {ds} | {m} | {ms(rs, 'mse')} | {ms(rs, 'mae')} | {ms(rs, 'ND')} | {ms(rs, 'MASE')} | "
+                         f"{ms(rs, 'mean_wQuantileLoss')} | {f'{mse / ref:.3f}x' if ref else '–'} | "
+                         f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | {rs[0]['params']:,} |")
+    lines.append("")
+    lines.append(f"{rows[0]['forecasts'] if rows else 0} forecasts per model and dataset (items x windows). "
+                 "MSE / MAE: over every forecast step, standardized units; ND, MASE, mean wQL: gluonts' Evaluator "
+                 "(FFNetEstimator is a point forecaster, so its quantiles all equal its mean).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTh2"])
+    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--lookback", type=int, default=96)
+    ap.add_argument("--horizon", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batches-per-epoch", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--name", default="timeseries_gluonts")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    rows = []
+    for name in a.datasets:
+        train, test, windows, cols = items(name, a.lookback, a.horizon)
+        print(f"{name}: {len(cols)} items x {windows} test windows", flush=True)
+        for season in (1, 24):
+            rows.append(run_naive(season, name, a, test))
+            print(json.dumps({k: rows[-1][k] for k in ("dataset", "model", "mse", "mae")}), flush=True)
+        for model in a.models:
+            for seed in a.seeds:
+                rows.append(run_model(model, name, seed, a, train, test))
+                print(json.dumps({k: rows[-1][k] for k in ("dataset", "model", "seed", "mse", "mae", "train_seconds")}),
+                      flush=True)
+    save(a.name, {"env": environment(), "args": vars(a), "rows": rows}, table(rows, a))
+
+
+if __name__ == "__main__":
+    main()
