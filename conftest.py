@@ -36,7 +36,6 @@ def data_dir() -> Path:
 def load_benchmark():
     """``load_benchmark("timeseries_ett")``: a script from benchmarks/ imported as a module (they are not a package)."""
     import importlib.util
-
     import sys
 
     here = Path(__file__).resolve().parent / "benchmarks"
