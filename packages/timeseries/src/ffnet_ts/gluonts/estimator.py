@@ -9,11 +9,13 @@ Every gluonts workaround of this package lives in this module:
   ``default_root_dir`` to choose where Lightning writes.
 * ``PyTorchLightningEstimator.train_model`` pops ``callbacks`` out of ``trainer_kwargs``; a copy is passed
   so an estimator can be trained twice.
+* ``@validated()`` builds a pydantic model from ``__init__``'s annotations in gluonts' own namespace, so string
+  annotations (``from __future__ import annotations``) of gluonts types cannot be resolved there and an
+  explicitly passed ``train_sampler`` or ``distr_output`` failed with "not yet prepared ... ForwardRef". This
+  module therefore keeps real annotation objects (no ``__future__`` import).
 * ``SampleForecastGenerator`` re-runs a network until it has ``num_samples`` samples (100 forward passes per
   batch for a point forecaster); :class:`PointForecastGenerator` runs it once and yields one-sample forecasts.
 """
-
-from __future__ import annotations
 
 import copy
 import warnings
@@ -30,6 +32,7 @@ from gluonts.itertools import Cyclic, select
 from gluonts.model.forecast import SampleForecast
 from gluonts.model.forecast_generator import ForecastGenerator, to_numpy
 from gluonts.torch.model.estimator import PyTorchLightningEstimator
+from gluonts.torch.distributions import DistributionOutput
 from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import (
     AddObservedValuesIndicator,
@@ -96,6 +99,10 @@ class FFNetEstimator(PyTorchLightningEstimator):
         batch_size / num_batches_per_epoch: gluonts-style sampled training.
         trainer_kwargs: ``lightning.Trainer`` arguments (default ``max_epochs=100``, ``gradient_clip_val=10``).
         train_sampler / validation_sampler: gluonts instance samplers.
+        distr_output: ``None`` (default): point forecasts trained with MSE, one-sample ``SampleForecast``s.
+            A gluonts ``DistributionOutput`` (e.g. ``StudentTOutput()``, as gluonts' DLinear and PatchTST use):
+            a distribution per step trained by negative log-likelihood, ``DistributionForecast``s with real
+            quantiles; univariate items only.
     """
 
     @validated()
@@ -119,6 +126,7 @@ class FFNetEstimator(PyTorchLightningEstimator):
         trainer_kwargs: dict[str, Any] | None = None,
         train_sampler: InstanceSampler | None = None,
         validation_sampler: InstanceSampler | None = None,
+        distr_output: DistributionOutput | None = None,
     ) -> None:
         defaults = {"max_epochs": 100, "gradient_clip_val": 10.0}
         defaults.update(_sanitize_trainer_kwargs(trainer_kwargs or {}))
@@ -134,6 +142,10 @@ class FFNetEstimator(PyTorchLightningEstimator):
         self.train_sampler = train_sampler or ExpectedNumInstanceSampler(num_instances=1.0,
                                                                          min_future=prediction_length)
         self.validation_sampler = validation_sampler or ValidationSplitSampler(min_future=prediction_length)
+        if distr_output is not None and target_dim != 1:
+            raise ValueError(f"FFNetEstimator: distr_output needs univariate items (target_dim=1), got target_dim="
+                             f"{target_dim}; leave distr_output=None for point forecasts of multivariate items")
+        self.distr_output = distr_output
 
     def create_transformation(self) -> Transformation:
         return (
@@ -146,7 +158,8 @@ class FFNetEstimator(PyTorchLightningEstimator):
     def create_lightning_module(self) -> FFNetLightningModule:
         return FFNetLightningModule(
             model_kwargs={"prediction_length": self.prediction_length, "context_length": self.context_length,
-                          "target_dim": self.target_dim, "model_kwargs": self.model_kwargs},
+                          "target_dim": self.target_dim, "model_kwargs": self.model_kwargs,
+                          "distr_output": self.distr_output},
             lr=self.lr, weight_decay=self.weight_decay)
 
     def _create_instance_splitter(self, mode: str) -> InstanceSplitter:
@@ -174,7 +187,8 @@ class FFNetEstimator(PyTorchLightningEstimator):
         return PyTorchPredictor(
             input_transform=transformation + self._create_instance_splitter("test"),
             input_names=PREDICTION_INPUT_NAMES, prediction_net=module,
-            forecast_generator=PointForecastGenerator(), batch_size=self.batch_size,
+            forecast_generator=(PointForecastGenerator() if self.distr_output is None
+                                else self.distr_output.forecast_generator), batch_size=self.batch_size,
             prediction_length=self.prediction_length, device="auto")
 
     def train_model(self, *args, **kwargs):

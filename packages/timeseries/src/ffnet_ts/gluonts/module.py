@@ -5,28 +5,45 @@ from __future__ import annotations
 import torch
 from gluonts.core.component import validated
 from gluonts.model import Input, InputSpec
+from gluonts.torch.util import weighted_average
 from torch import nn
 
+from ..baselines import RevIN
 from ..model import FFNetTS
 
 
 class FFNetTSModel(nn.Module):
-    """FFNet-TS for gluonts batches.
+    """FFNet-TS for gluonts batches: point forecasts (MSE), or a distribution per step (NLL) with ``distr_output``.
 
     Args:
         prediction_length: forecast horizon H.
         context_length: look-back L.
         target_dim: 1 for univariate items (target (T,)), M for multivariate items (target (M, T)).
         model_kwargs: further :class:`ffnet_ts.model.FFNetTS` arguments (dim, ffn_ratio, dropout, ...).
+        distr_output: a gluonts ``DistributionOutput`` (e.g. ``StudentTOutput()``); univariate items only.
+            The network's head then gives, for every step, the distribution's unconstrained arguments (H x the
+            number of arguments outputs instead of H), mapped by ``distr_output.domain_map``; the window's
+            RevIN mean and std become the distribution's ``loc`` and ``scale``, as gluonts' own models pass
+            their scaler's. ``None``: the point forecaster (RevIN inside the network, MSE).
     """
 
     @validated()
     def __init__(self, prediction_length: int, context_length: int, target_dim: int = 1,
-                 model_kwargs: dict | None = None) -> None:
+                 model_kwargs: dict | None = None, distr_output=None) -> None:
         super().__init__()
+        if distr_output is not None and target_dim != 1:
+            raise ValueError(f"distr_output needs univariate items (target_dim=1), got target_dim={target_dim}; "
+                             "multivariate items have point forecasts (distr_output=None)")
         self.prediction_length, self.context_length, self.target_dim = prediction_length, context_length, target_dim
-        self.net = FFNetTS(n_vars=target_dim, lookback=context_length, horizon=prediction_length,
-                           **(model_kwargs or {}))
+        self.distr_output = distr_output
+        kwargs = dict(model_kwargs or {})
+        if distr_output is None:
+            self.net = FFNetTS(n_vars=target_dim, lookback=context_length, horizon=prediction_length, **kwargs)
+            return
+        self.arg_sizes = list(distr_output.args_dim.values())
+        self.revin = RevIN()  # outside the network: its statistics go to the distribution, not to a denorm
+        self.net = FFNetTS(n_vars=1, lookback=context_length, horizon=prediction_length * sum(self.arg_sizes),
+                           **{**kwargs, "revin": False})
 
     def describe_inputs(self, batch_size: int = 1) -> InputSpec:
         shape = (batch_size, self.context_length) + ((self.target_dim,) if self.target_dim > 1 else ())
@@ -39,12 +56,28 @@ class FFNetTSModel(nn.Module):
         y = self.net(x)  # (B, H, M)
         return y if past_target.dim() == 3 else y.squeeze(-1)
 
-    def forward(self, past_target: torch.Tensor, past_observed_values: torch.Tensor) -> torch.Tensor:
-        """One "sample" per series: (B, 1, H) or (B, 1, H, M), as gluonts' sample forecasts expect."""
+    def distribution_args(self, past_target: torch.Tensor):
+        """(B, L) -> (distr_args, loc (B, 1), scale (B, 1)), gluonts' convention for distribution outputs."""
+        x, (mean, std) = self.revin.norm(past_target.unsqueeze(-1))  # (B, L, 1); stats (B, 1, 1)
+        raw = self.net(x)[..., 0]  # (B, H * A)
+        raw = raw.view(raw.shape[0], self.prediction_length, sum(self.arg_sizes))  # (B, H, A)
+        args = self.distr_output.domain_map(*torch.split(raw, self.arg_sizes, dim=-1))
+        return args, mean[..., 0], std[..., 0]
+
+    def forward(self, past_target: torch.Tensor, past_observed_values: torch.Tensor):
+        """Point: one "sample" per series, (B, 1, H) or (B, 1, H, M), as gluonts' sample forecasts expect.
+        Distribution: ``(distr_args, loc, scale)`` for ``distr_output.forecast_generator``."""
+        if self.distr_output is not None:
+            return self.distribution_args(past_target)
         return self.point_forecast(past_target).unsqueeze(1)
 
     def loss(self, past_target: torch.Tensor, past_observed_values: torch.Tensor, future_target: torch.Tensor,
              future_observed_values: torch.Tensor) -> torch.Tensor:
-        """MSE over the observed future values (missing values, imputed by gluonts, are not scored)."""
+        """Over the observed future values (missing values, imputed by gluonts, are not scored): MSE for point
+        forecasts, the distribution's negative log-likelihood with ``distr_output``."""
+        if self.distr_output is not None:
+            args, loc, scale = self.distribution_args(past_target)
+            nll = self.distr_output.loss(target=future_target, distr_args=args, loc=loc, scale=scale)  # (B, H)
+            return weighted_average(nll, weights=future_observed_values)
         err = (self.point_forecast(past_target) - future_target).pow(2) * future_observed_values
         return err.sum() / future_observed_values.sum().clamp_min(1.0)
