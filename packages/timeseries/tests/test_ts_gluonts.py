@@ -93,8 +93,8 @@ def test_multivariate_items(tmp_path):
 def test_distribution_output_quantiles_round_trip_and_explicit_sampler(tmp_path):
     """distr_output=StudentTOutput(): real quantiles, a forecast the Evaluator scores, an exact round trip; an
     explicitly passed gluonts object (sampler, distr_output) validates (string annotations used to fail)."""
-    from gluonts.torch.model.forecast import DistributionForecast
     from gluonts.torch.distributions import StudentTOutput
+    from gluonts.torch.model.forecast import DistributionForecast
     from gluonts.transform import ExpectedNumInstanceSampler
 
     start = pd.Period("2021-01-01 00:00", "h")

@@ -31,8 +31,8 @@ from gluonts.dataset.loader import as_stacked_batches
 from gluonts.itertools import Cyclic, select
 from gluonts.model.forecast import SampleForecast
 from gluonts.model.forecast_generator import ForecastGenerator, to_numpy
-from gluonts.torch.model.estimator import PyTorchLightningEstimator
 from gluonts.torch.distributions import DistributionOutput
+from gluonts.torch.model.estimator import PyTorchLightningEstimator
 from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import (
     AddObservedValuesIndicator,
