@@ -1,15 +1,19 @@
 """FFNetEstimator against gluonts' own DLinearEstimator and PatchTSTEstimator, the gluonts way.
 
 What a gluonts user would run to decide between them: every variable of an ETT subset is a univariate item,
-standardized with the train split's mean and std (so the MSE is comparable across items); every estimator
-trains on the train split (the first 12 months) for the same ``--epochs`` x ``--batches-per-epoch`` sampled
-batches of ``--batch-size`` windows, with its own gluonts defaults otherwise (lr 1e-3, no validation, no early
-stopping); forecasts are made for non-overlapping test windows (``distance = horizon``) over the test split
-(the last 4 months) with ``gluonts.dataset.split``, and scored by ``gluonts.evaluation.Evaluator`` on the
-forecasts' means. gluonts' seasonal naive forecasts (season 1 = repeat the last value, and season 24) are
-scored on the same windows. Seeds: ``--seeds`` (each model, each seed, one fresh training).
+standardized with the train split's mean and std (so the MSE is comparable across items); every estimator trains
+on the train split (the first 12 months) for the same ``--epochs`` x ``--batches-per-epoch`` sampled batches of
+``--batch-size`` windows, with its own gluonts defaults otherwise (lr 1e-3, no validation, no early stopping);
+FFNetEstimator runs twice: as the point forecaster (MSE) and with ``distr_output=StudentTOutput()`` (NLL, the
+distribution gluonts' DLinear and PatchTST use by default). Forecasts are made for non-overlapping test windows
+(``distance = horizon``) over the test split (the last 4 months) with ``gluonts.dataset.split``, and scored by
+``gluonts.evaluation.Evaluator`` on the forecasts' means. gluonts' seasonal naive forecasts (season 1 = repeat
+the last value, and season 24) are scored on the same windows. Seeds: ``--seeds`` (each model, each seed, one
+fresh training).
 
     FFNET_DATA_DIR=../shared/data nice -n 10 uv run python benchmarks/timeseries_gluonts.py --threads 1
+    # one table from the rows of several runs (e.g. a model added later, run alone with --models ... --name ...)
+    uv run python benchmarks/timeseries_gluonts.py --combine results/a.json results/b.json --name timeseries_gluonts
 
 Results: ``results/timeseries_gluonts.{json,md}``. Not the long-horizon protocol (that is every window,
 multivariate input, ``timeseries_reference.py``): gluonts trains on sampled windows of univariate items.
@@ -24,6 +28,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,9 +69,13 @@ def estimator(model: str, horizon: int, lookback: int, a, root: str):
                    enable_model_summary=False, default_root_dir=root)
     common = dict(prediction_length=horizon, context_length=lookback, batch_size=a.batch_size,
                   num_batches_per_epoch=a.batches_per_epoch, trainer_kwargs=trainer)
-    if model == "FFNetEstimator":
+    if model == "FFNetEstimator":  # the point forecaster (MSE)
         from ffnet_ts.gluonts import FFNetEstimator
-        return FFNetEstimator(**common)
+        return FFNetEstimator(distr_output=None, **common)
+    if model == "FFNetEstimator (StudentT)":
+        from ffnet_ts.gluonts import FFNetEstimator
+        from gluonts.torch.distributions import StudentTOutput
+        return FFNetEstimator(distr_output=StudentTOutput(), **common)
     if model == "DLinearEstimator":
         from gluonts.torch.model.d_linear import DLinearEstimator
         return DLinearEstimator(**common)
@@ -117,7 +126,7 @@ def run_naive(season: int, name: str, a, test) -> dict:
             "params": 0, **score(pred, test)}
 
 
-MODELS = ["FFNetEstimator", "DLinearEstimator", "PatchTSTEstimator"]
+MODELS = ["FFNetEstimator", "FFNetEstimator (StudentT)", "DLinearEstimator", "PatchTSTEstimator"]
 
 
 def table(rows: list[dict], a) -> str:
@@ -145,7 +154,9 @@ def table(rows: list[dict], a) -> str:
     lines.append("")
     lines.append(f"{rows[0]['forecasts'] if rows else 0} forecasts per model and dataset (items x windows). "
                  "MSE / MAE: over every forecast step, standardized units; ND, MASE, mean wQL: gluonts' Evaluator "
-                 "(FFNetEstimator is a point forecaster, so its quantiles all equal its mean).")
+                 "(FFNetEstimator: `distr_output=None`, a point forecaster, so its quantiles all equal its mean and its "
+                 "wQL is its ND; FFNetEstimator (StudentT): `StudentTOutput()`, the estimator's default for "
+                 "univariate items).")
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +172,26 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="timeseries_gluonts")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="no training: one table from the rows of these result files (same settings required)")
     a = ap.parse_args(argv)
+    if a.combine:
+        payloads = [json.loads(Path(f).read_text()) for f in a.combine]
+        keys = ("lookback", "horizon", "epochs", "batches_per_epoch", "batch_size", "seeds")
+        for p, f in zip(payloads[1:], a.combine[1:]):
+            if any(p["args"][k] != payloads[0]["args"][k] for k in keys):
+                raise SystemExit(f"--combine: {f} was run with other settings than {a.combine[0]} ({keys})")
+        rows = [r for p in payloads for r in p["rows"]]
+        seen = {}
+        for r in rows:  # a model run in several files keeps its first file's rows
+            seen.setdefault((r["dataset"], r["model"], r["seed"]), r)
+        rows = list(seen.values())
+        for k in keys:
+            setattr(a, k, payloads[0]["args"][k])
+        a.datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+        a.threads = payloads[0]["args"]["threads"]
+        save(a.name, {"env": environment(), "args": vars(a), "combined_from": a.combine, "rows": rows}, table(rows, a))
+        return
     torch.set_num_threads(a.threads)
     rows = []
     for name in a.datasets:

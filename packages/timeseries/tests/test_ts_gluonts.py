@@ -43,7 +43,7 @@ def test_train_evaluate_and_round_trip(tmp_path):
     train = ListDataset([{"start": start, "target": s[:-H]} for s in full], freq="h")
     test = ListDataset([{"start": start, "target": s, "item_id": str(i)} for i, s in enumerate(full)], freq="h")
     torch.manual_seed(0)
-    predictor = _estimator(tmp_path).train(train, validation_data=train)
+    predictor = _estimator(tmp_path, distr_output=None).train(train, validation_data=train)  # point forecasts
 
     forecast_it, ts_it = make_evaluation_predictions(test, predictor, num_samples=100)
     forecasts, tss = list(forecast_it), list(ts_it)
@@ -72,7 +72,8 @@ def test_float64_pandas_dataset_and_checkpointing_quirk(tmp_path):
     ds = PandasDataset(df, target="target")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        est = _estimator(tmp_path, trainer_kwargs={"enable_checkpointing": False, "max_epochs": 1})
+        est = _estimator(tmp_path, trainer_kwargs={"enable_checkpointing": False, "max_epochs": 1},
+                         distr_output=None)
     assert any("enable_checkpointing" in str(w.message) for w in caught)
     predictor = est.train(ds)
     predictor2 = est.train(ds)  # the estimator's trainer kwargs survive a first train()
@@ -91,9 +92,9 @@ def test_multivariate_items(tmp_path):
 
 
 def test_distribution_output_quantiles_round_trip_and_explicit_sampler(tmp_path):
-    """distr_output=StudentTOutput(): real quantiles, a forecast the Evaluator scores, an exact round trip; an
-    explicitly passed gluonts object (sampler, distr_output) validates (string annotations used to fail)."""
-    from gluonts.torch.distributions import StudentTOutput
+    """The default for univariate items (distr_output="auto" = StudentTOutput()): real quantiles, a forecast the
+    Evaluator scores, an exact round trip; an explicitly passed gluonts object (here a sampler) validates
+    (string annotations used to fail)."""
     from gluonts.torch.model.forecast import DistributionForecast
     from gluonts.transform import ExpectedNumInstanceSampler
 
@@ -102,8 +103,7 @@ def test_distribution_output_quantiles_round_trip_and_explicit_sampler(tmp_path)
     train = ListDataset([{"start": start, "target": s[:-H]} for s in full], freq="h")
     test = ListDataset([{"start": start, "target": s} for s in full], freq="h")
     torch.manual_seed(0)
-    est = _estimator(tmp_path, distr_output=StudentTOutput(),
-                     train_sampler=ExpectedNumInstanceSampler(num_instances=1.0, min_future=H))
+    est = _estimator(tmp_path, train_sampler=ExpectedNumInstanceSampler(num_instances=1.0, min_future=H))
     predictor = est.train(train)
     forecasts, tss = (list(it) for it in make_evaluation_predictions(test, predictor))
     fc = forecasts[0]
@@ -148,3 +148,5 @@ def test_distribution_output_refuses_multivariate_items():
 
     with pytest.raises(ValueError, match="univariate"):
         FFNetEstimator(prediction_length=H, target_dim=3, distr_output=StudentTOutput())
+    with pytest.raises(ValueError, match="'auto', None or a DistributionOutput"):
+        FFNetEstimator(prediction_length=H, distr_output="student-t")

@@ -6,8 +6,11 @@ Split as in gluonts' own models: :mod:`.module` (the torch network), :mod:`.ligh
 validation steps), :mod:`.estimator` (transformations, instance splitter, predictor, and every gluonts
 workaround this package needs).
 
-FFNet-TS is a point forecaster trained with MSE, so forecasts are ``SampleForecast`` objects holding exactly
-one sample (mean = median = every quantile). Numbers from gluonts-style evaluation (sampled training
+For univariate items the estimator's default (``distr_output="auto"``) is a Student-t distribution per step,
+trained by negative log-likelihood, as gluonts' own DLinear and PatchTST estimators do: forecasts are
+``DistributionForecast`` objects with real quantiles. With ``distr_output=None`` (and always for multivariate
+items) FFNet-TS is a point forecaster trained with MSE, and forecasts are ``SampleForecast`` objects holding
+exactly one sample (mean = median = every quantile). Numbers from gluonts-style evaluation (sampled training
 windows, a test window at each series' end) are not comparable to the standard-protocol numbers of
 ``ffnet-ts forecast``.
 """

@@ -31,7 +31,7 @@ from gluonts.dataset.loader import as_stacked_batches
 from gluonts.itertools import Cyclic, select
 from gluonts.model.forecast import SampleForecast
 from gluonts.model.forecast_generator import ForecastGenerator, to_numpy
-from gluonts.torch.distributions import DistributionOutput
+from gluonts.torch.distributions import DistributionOutput, StudentTOutput
 from gluonts.torch.model.estimator import PyTorchLightningEstimator
 from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import (
@@ -99,10 +99,11 @@ class FFNetEstimator(PyTorchLightningEstimator):
         batch_size / num_batches_per_epoch: gluonts-style sampled training.
         trainer_kwargs: ``lightning.Trainer`` arguments (default ``max_epochs=100``, ``gradient_clip_val=10``).
         train_sampler / validation_sampler: gluonts instance samplers.
-        distr_output: ``None`` (default): point forecasts trained with MSE, one-sample ``SampleForecast``s.
-            A gluonts ``DistributionOutput`` (e.g. ``StudentTOutput()``, as gluonts' DLinear and PatchTST use):
-            a distribution per step trained by negative log-likelihood, ``DistributionForecast``s with real
-            quantiles; univariate items only.
+        distr_output: ``"auto"`` (default): ``StudentTOutput()`` for univariate items (the default of gluonts'
+            own DLinear and PatchTST estimators), point forecasts for multivariate ones. A gluonts
+            ``DistributionOutput``: a distribution per step trained by negative log-likelihood,
+            ``DistributionForecast``s with real quantiles (univariate items only). ``None``: point forecasts
+            trained with MSE, one-sample ``SampleForecast``s (mean = median = every quantile).
     """
 
     @validated()
@@ -126,7 +127,7 @@ class FFNetEstimator(PyTorchLightningEstimator):
         trainer_kwargs: dict[str, Any] | None = None,
         train_sampler: InstanceSampler | None = None,
         validation_sampler: InstanceSampler | None = None,
-        distr_output: DistributionOutput | None = None,
+        distr_output: DistributionOutput | str | None = "auto",
     ) -> None:
         defaults = {"max_epochs": 100, "gradient_clip_val": 10.0}
         defaults.update(_sanitize_trainer_kwargs(trainer_kwargs or {}))
@@ -142,6 +143,11 @@ class FFNetEstimator(PyTorchLightningEstimator):
         self.train_sampler = train_sampler or ExpectedNumInstanceSampler(num_instances=1.0,
                                                                          min_future=prediction_length)
         self.validation_sampler = validation_sampler or ValidationSplitSampler(min_future=prediction_length)
+        if distr_output == "auto":
+            distr_output = StudentTOutput() if target_dim == 1 else None
+        elif isinstance(distr_output, str):
+            raise ValueError(f"FFNetEstimator: distr_output must be 'auto', None or a DistributionOutput, got "
+                             f"{distr_output!r}")
         if distr_output is not None and target_dim != 1:
             raise ValueError(f"FFNetEstimator: distr_output needs univariate items (target_dim=1), got target_dim="
                              f"{target_dim}; leave distr_output=None for point forecasts of multivariate items")
