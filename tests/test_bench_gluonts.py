@@ -37,3 +37,23 @@ def test_windows_tile_the_protocol_test_split_and_naive_matches_numpy(bench, dat
     assert naive["mse"] == pytest.approx(ref.mean(), rel=1e-5)
     assert naive["gluonts_MSE"] == pytest.approx(ref.mean(), rel=1e-5)  # gluonts' Evaluator agrees
     assert naive["forecasts"] == len(labels) and np.isfinite(naive["MASE"])
+
+
+def test_combine_merges_runs_with_the_same_settings_and_refuses_others(bench, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(bench, "save", lambda name, payload, table: saved.update(payload=payload, table=table))
+    saved: dict = {}
+    args = dict(lookback=96, horizon=96, epochs=30, batches_per_epoch=50, batch_size=32, seeds=[1], threads=1)
+    row = dict(dataset="ETTh1", seed=1, mse=0.4, mae=0.4, ND=0.5, MASE=0.9, mean_wQuantileLoss=0.3,
+               train_seconds=1.0, params=10, forecasts=210)
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps({"args": args, "rows": [dict(row, model="DLinearEstimator")]}))
+    b.write_text(json.dumps({"args": args, "rows": [dict(row, model="FFNetEstimator (StudentT)", mse=0.38)]}))
+    bench.main(["--combine", str(a), str(b), "--name", "x"])
+    lines = saved["table"].splitlines()
+    assert any("| ETTh1 | DLinearEstimator | 0.400 |" in ln and "1.000x" in ln for ln in lines)
+    assert any("FFNetEstimator (StudentT) | 0.380 |" in ln and "0.950x" in ln for ln in lines)
+    c.write_text(json.dumps({"args": dict(args, epochs=10), "rows": []}))
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main(["--combine", str(a), str(c)])
