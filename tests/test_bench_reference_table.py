@@ -177,7 +177,8 @@ def test_resume_states_can_live_in_the_repo(load_benchmark, monkeypatch, tmp_pat
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
     d = "benchmarks/state/timeseries_reference/"
-    names = [d + n for n in ("ETTm2_96_ffnet_ts.bf16.pt", "ETTm2_96_ffnet_ts.lock", "runF.log", "x.bf16.smoke.pt")]
+    names = [d + n for n in ("ETTm2_96_ffnet_ts.bf16.pt", "ETTm2_96_ffnet_ts.lock", "runF.log", "x.bf16.smoke.pt",
+                             "ETTh1_336_patchtst.bf16.pt", "Weather_96_itransformer.pt")]
     out = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
     assert out.stdout.split() == names[1:]
 
