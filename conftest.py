@@ -51,3 +51,13 @@ def load_benchmark():
         return mod
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def _autograd_left_on():
+    """A test that leaves autograd off (a ``torch.no_grad()`` never exited, e.g. inside a suspended generator)
+    errors itself, instead of breaking every later test of the process with 'does not require grad'."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left autograd disabled (a torch.no_grad() that was never exited)")

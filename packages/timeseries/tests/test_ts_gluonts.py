@@ -150,3 +150,27 @@ def test_distribution_output_refuses_multivariate_items():
         FFNetEstimator(prediction_length=H, target_dim=3, distr_output=StudentTOutput())
     with pytest.raises(ValueError, match="'auto', None or a DistributionOutput"):
         FFNetEstimator(prediction_length=H, distr_output="student-t")
+
+
+def test_predict_leaves_the_callers_autograd_mode_alone(tmp_path):
+    """gluonts' predict() yields from inside torch.no_grad(): a partly consumed generator used to switch
+    autograd off for the caller (it broke 59 later tests of this suite once)."""
+    from ffnet_ts.gluonts import FFNetPredictor
+
+    start = pd.Period("2021-01-01 00:00", "h")
+    ds = ListDataset([{"start": start, "target": s} for s in _series()], freq="h")
+    predictor = _estimator(tmp_path, trainer_kwargs={"max_epochs": 1}).train(ds)
+    assert isinstance(predictor, FFNetPredictor)
+    it = predictor.predict(ds)
+    first = next(it)
+    assert torch.is_grad_enabled()  # while the generator is suspended
+    assert np.isfinite(first.mean).all()
+    with torch.no_grad():  # a caller's own mode is kept too
+        next(it)
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    assert len(list(it)) == 1 and torch.is_grad_enabled()
+    it2 = predictor.predict(ds)
+    next(it2)
+    it2.close()
+    assert torch.is_grad_enabled()

@@ -15,8 +15,8 @@ windows, a test window at each series' end) are not comparable to the standard-p
 ``ffnet-ts forecast``.
 """
 
-from .estimator import FFNetEstimator, PointForecastGenerator
+from .estimator import FFNetEstimator, FFNetPredictor, PointForecastGenerator
 from .lightning_module import FFNetLightningModule
 from .module import FFNetTSModel
 
-__all__ = ["FFNetEstimator", "FFNetLightningModule", "FFNetTSModel", "PointForecastGenerator"]
+__all__ = ["FFNetEstimator", "FFNetLightningModule", "FFNetPredictor", "FFNetTSModel", "PointForecastGenerator"]

@@ -13,6 +13,9 @@ Every gluonts workaround of this package lives in this module:
   annotations (``from __future__ import annotations``) of gluonts types cannot be resolved there and an
   explicitly passed ``train_sampler`` or ``distr_output`` failed with "not yet prepared ... ForwardRef". This
   module therefore keeps real annotation objects (no ``__future__`` import).
+* ``PyTorchPredictor.predict`` yields from inside ``torch.no_grad()``, so the caller runs with autograd off
+  while the generator is suspended (and indefinitely if it is left partly consumed); :class:`FFNetPredictor`
+  restores the caller's mode around every forecast.
 * ``SampleForecastGenerator`` re-runs a network until it has ``num_samples`` samples (100 forward passes per
   batch for a point forecaster); :class:`PointForecastGenerator` runs it once and yields one-sample forecasts.
 """
@@ -73,6 +76,35 @@ class PointForecastGenerator(ForecastGenerator):
                     item_id=batch[FieldName.ITEM_ID][i] if FieldName.ITEM_ID in batch else None,
                     info=batch["info"][i] if "info" in batch else None,
                 )
+
+
+class FFNetPredictor(PyTorchPredictor):
+    """``PyTorchPredictor`` whose ``predict`` leaves the caller's autograd mode alone.
+
+    gluonts' ``predict`` is a generator that yields from inside ``with torch.no_grad()``. Grad mode is
+    thread-local, so while that generator is suspended at a ``yield`` the *caller* runs with autograd off:
+    between forecasts, and for as long as a partly consumed generator (``next(iter(predictor.predict(ds)))``
+    kept alive, a ``zip`` with a shorter iterable) is not closed. Seen in this project's tests: one such
+    generator turned autograd off for every later test in the process. Each forecast is computed under
+    no_grad as before, and the caller's mode is restored before it is handed out.
+    """
+
+    def predict(self, dataset: Dataset, num_samples: int | None = None):  # type: ignore[override]
+        inner = super().predict(dataset, num_samples=num_samples)
+        try:
+            while True:
+                mode = torch.is_grad_enabled()
+                try:
+                    forecast = next(inner)
+                except StopIteration:
+                    return
+                finally:
+                    torch.set_grad_enabled(mode)
+                yield forecast
+        finally:
+            mode = torch.is_grad_enabled()
+            inner.close()  # runs gluonts' no_grad __exit__, which restores the mode it saw on entry
+            torch.set_grad_enabled(mode)
 
 
 def _sanitize_trainer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +222,7 @@ class FFNetEstimator(PyTorchLightningEstimator):
                                   output_type=torch.tensor)
 
     def create_predictor(self, transformation: Transformation, module: FFNetLightningModule) -> PyTorchPredictor:
-        return PyTorchPredictor(
+        return FFNetPredictor(
             input_transform=transformation + self._create_instance_splitter("test"),
             input_names=PREDICTION_INPUT_NAMES, prediction_net=module,
             forecast_generator=(PointForecastGenerator() if self.distr_output is None
