@@ -14,6 +14,8 @@ fresh training).
     FFNET_DATA_DIR=../shared/data nice -n 10 uv run python benchmarks/timeseries_gluonts.py --threads 1
     # one table from the rows of several runs (e.g. a model added later, run alone with --models ... --name ...)
     uv run python benchmarks/timeseries_gluonts.py --combine results/a.json results/b.json --name timeseries_gluonts
+    # the picture: median and 10-90 % band of the three probabilistic estimators on two test windows
+    FFNET_DATA_DIR=../shared/data uv run python benchmarks/timeseries_gluonts.py --plot ETTh2 --seeds 1
 
 Results: ``results/timeseries_gluonts.{json,md}``. Not the long-horizon protocol (that is every window,
 multivariate input, ``timeseries_reference.py``): gluonts trains on sampled windows of univariate items.
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _common import environment, save
+from _common import RESULTS, environment, save
 
 warnings.filterwarnings("ignore", module="gluonts")
 warnings.filterwarnings("ignore", module="lightning")
@@ -126,6 +128,57 @@ def run_naive(season: int, name: str, a, test) -> dict:
             "params": 0, **score(pred, test)}
 
 
+def plot_fans(name: str, a, train, test, cols: list[str], path: Path, windows=(0, 15)) -> dict:
+    """PNG: for the target item (OT, else the last) and two test windows, the truth and each probabilistic
+    estimator's median with its 10-90 % band (one training per model, seed ``a.seeds[0]``). Returns the plotted
+    arrays per (model, window) so a test can check them."""
+    import io
+
+    import lightning.pytorch as pl
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ffnet.fileio import atomic_write_bytes
+
+    item = cols.index("OT") if "OT" in cols else len(cols) - 1
+    n_windows = len(list(test.label)) // len(cols)
+    picks = [item * n_windows + w for w in windows if w < n_windows]
+    inputs, labels = list(test.input), list(test.label)
+    models = ["FFNetEstimator (StudentT)", "DLinearEstimator", "PatchTSTEstimator"]
+    drawn = {}
+    fig, axes = plt.subplots(len(picks), len(models), figsize=(4.2 * len(models), 2.8 * len(picks)), squeeze=False,
+                             sharey="row")
+    for j, model in enumerate(models):
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        pl.seed_everything(a.seeds[0], workers=True, verbose=False)
+        with tempfile.TemporaryDirectory() as root:
+            predictor = estimator(model, a.horizon, a.lookback, a, root).train(train)
+        forecasts = list(predictor.predict([inputs[k] for k in picks]))
+        for i, (k, f) in enumerate(zip(picks, forecasts)):
+            ax = axes[i, j]
+            hist, truth = np.asarray(inputs[k]["target"])[-a.lookback:], np.asarray(labels[k]["target"])
+            t_hist, t_fut = np.arange(-a.lookback, 0), np.arange(a.horizon)
+            lo, med, hi = f.quantile(0.1), f.quantile(0.5), f.quantile(0.9)
+            drawn[(model, k)] = dict(truth=truth, lo=lo, med=med, hi=hi)
+            ax.plot(t_hist, hist, color="0.4", lw=1)
+            ax.plot(t_fut, truth, color="C0", lw=1.2, label="truth")
+            ax.fill_between(t_fut, lo, hi, color="C3", alpha=0.25, lw=0, label="10-90 %")
+            ax.plot(t_fut, med, color="C3", lw=1.2, label="median")
+            cover = float(np.mean((truth >= lo) & (truth <= hi)))
+            ax.set_title(f"{model}, window {k - item * n_windows}: {100 * cover:.0f} % in band", fontsize=8)
+            ax.axvline(0, color="0.8", lw=0.8)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{name} {cols[item]} (standardized), H={a.horizon}: median and 10-90 % band, seed {a.seeds[0]}",
+                 fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return drawn
+
+
 MODELS = ["FFNetEstimator", "FFNetEstimator (StudentT)", "DLinearEstimator", "PatchTSTEstimator"]
 
 
@@ -172,6 +225,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="timeseries_gluonts")
+    ap.add_argument("--plot", default=None, metavar="DATASET",
+                    help="no table: train the three probabilistic estimators once on DATASET and draw their "
+                         "median and 10-90 %% band for two test windows of its target (results/<name>.png)")
     ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                     help="no training: one table from the rows of these result files (same settings required)")
     a = ap.parse_args(argv)
@@ -193,6 +249,12 @@ def main(argv=None) -> None:
         save(a.name, {"env": environment(), "args": vars(a), "combined_from": a.combine, "rows": rows}, table(rows, a))
         return
     torch.set_num_threads(a.threads)
+    if a.plot:
+        train, test, _, cols = items(a.plot, a.lookback, a.horizon)
+        out = RESULTS / f"{a.name}.png"
+        plot_fans(a.plot, a, train, test, cols, out)
+        print(out)
+        return
     rows = []
     for name in a.datasets:
         train, test, windows, cols = items(name, a.lookback, a.horizon)

@@ -57,3 +57,22 @@ def test_combine_merges_runs_with_the_same_settings_and_refuses_others(bench, tm
     c.write_text(json.dumps({"args": dict(args, epochs=10), "rows": []}))
     with pytest.raises(SystemExit, match="other settings"):
         bench.main(["--combine", str(a), str(c)])
+
+
+def test_fan_plot_draws_ordered_bands_on_the_target_item(bench, data_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    a = SimpleNamespace(lookback=96, horizon=96, epochs=1, batches_per_epoch=2, batch_size=8, seeds=[1])
+    train, test, windows, cols = bench.items("ETTh2", 96, 96)
+    png = tmp_path / "fan.png"
+    drawn = bench.plot_fans("ETTh2", a, train, test, cols, png)
+    labels = list(test.label)
+    ot = cols.index("OT")
+    assert {k for _, k in drawn} == {ot * windows, ot * windows + 15}
+    for (model, k), d in drawn.items():
+        np.testing.assert_array_equal(d["truth"], labels[k]["target"])
+        assert np.all(d["lo"] <= d["med"]) and np.all(d["med"] <= d["hi"]), model
+    with Image.open(png) as im:
+        assert im.format == "PNG"
