@@ -102,7 +102,8 @@ def score(predictor, test) -> dict:
     err = np.stack([f.mean - np.asarray(lab["target"]) for f, lab in zip(forecasts, test.label)])  # (windows*items, H)
     return {"mse": float((err ** 2).mean()), "mae": float(np.abs(err).mean()), "gluonts_MSE": agg["MSE"],
             "ND": agg["ND"], "NRMSE": agg["NRMSE"], "MASE": agg["MASE"], "mean_wQuantileLoss":
-            agg["mean_wQuantileLoss"], "forecasts": len(forecasts)}
+            agg["mean_wQuantileLoss"], "coverage_80": agg["Coverage[0.9]"] - agg["Coverage[0.1]"],
+            "forecasts": len(forecasts)}
 
 
 def run_model(model: str, name: str, seed: int, a, train, test) -> dict:
@@ -186,8 +187,9 @@ def table(rows: list[dict], a) -> str:
     lines = [f"gluonts-native comparison: univariate standardized items, lookback {a.lookback}, horizon {a.horizon}, "
              f"{a.epochs} epochs x {a.batches_per_epoch} batches of {a.batch_size}, gluonts defaults otherwise; "
              f"non-overlapping test windows; mean +- std over seeds {a.seeds}; {a.threads} thread(s).", "",
-             "| data | model | MSE | MAE | ND | MASE | mean wQL | MSE vs DLinear | train s | params |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| data | model | MSE | MAE | ND | MASE | mean wQL | 80 % interval coverage | MSE vs DLinear | train s | "
+             "params |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for ds in a.datasets:
         groups: dict[str, list[dict]] = {}
         for r in rows:
@@ -202,11 +204,15 @@ def table(rows: list[dict], a) -> str:
         for m, rs in groups.items():
             mse = statistics.mean(r["mse"] for r in rs)
             lines.append(f"| {ds} | {m} | {ms(rs, 'mse')} | {ms(rs, 'mae')} | {ms(rs, 'ND')} | {ms(rs, 'MASE')} | "
-                         f"{ms(rs, 'mean_wQuantileLoss')} | {f'{mse / ref:.3f}x' if ref else '–'} | "
+                         f"{ms(rs, 'mean_wQuantileLoss')} | "
+                         f"{ms(rs, 'coverage_80', '{:.2f}') if all('coverage_80' in r for r in rs) else '–'} | "
+                         f"{f'{mse / ref:.3f}x' if ref else '–'} | "
                          f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | {rs[0]['params']:,} |")
     lines.append("")
     lines.append(f"{rows[0]['forecasts'] if rows else 0} forecasts per model and dataset (items x windows). "
-                 "MSE / MAE: over every forecast step, standardized units; ND, MASE, mean wQL: gluonts' Evaluator "
+                 "MSE / MAE: over every forecast step, standardized units; ND, MASE, mean wQL: gluonts' Evaluator; "
+                 "80 % interval coverage: the share of true values between the 0.1 and 0.9 quantiles "
+                 "(Coverage[0.9] - Coverage[0.1]; 0.80 when calibrated) "
                  "(FFNetEstimator: `distr_output=None`, a point forecaster, so its quantiles all equal its mean and its "
                  "wQL is its ND; FFNetEstimator (StudentT): `StudentTOutput()`, the estimator's default for "
                  "univariate items).")
