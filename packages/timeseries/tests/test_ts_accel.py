@@ -76,26 +76,30 @@ net = create_model("ffnet_ts", n_vars=7, lookback=96, horizon=96).train()
 opt = torch.optim.Adam(net.parameters())
 x, y = torch.randn(64, 96, 7), torch.randn(64, 96, 7)
 def faults():
-    for i in range(5):
-        if i == 2:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    per_step = []
+    for i in range(8):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         opt.zero_grad(); torch.nn.functional.mse_loss(net(x), y).backward(); opt.step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        per_step.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return sorted(per_step[2:])  # steps 3-8
 default = faults()
 assert accel.keep_freed_memory() and accel.keep_freed_memory()  # idempotent
-print(default, faults())
+print(max(default), sorted(faults())[3])  # the default's worst step, the kept heap's median step
 """
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="glibc's mallopt")
 def test_keep_freed_memory_stops_the_training_step_from_page_faulting_its_activations():
-    """Counted by the kernel (minor page faults over 3 training steps, in a fresh process, before and after):
+    """Counted by the kernel (minor page faults of a training step, in a fresh process, before and after):
     activations that glibc hands back to the OS after every step fault in again on the next one; kept
-    mapped, they do not."""
+    mapped, they do not. Steps 3-8 are counted one by one: glibc's own mmap threshold moves, so the default's
+    churn varies from step to step (fewest per step 2,657-14,720 over three runs), and once kept, the heap still
+    grows now and then (a sum over 3 steps that included a growth failed once in CI: 8,067 vs 14,727). So the
+    default's worst step must fault in its activations and the kept heap's median step must not."""
     out = subprocess.run([sys.executable, "-c", _FAULTS], check=True, capture_output=True, text=True).stdout
     default, kept = map(int, out.split()[-2:])
-    assert default > 3000  # ~6,000 per step at batch 64 on the machines seen
-    assert kept < default / 3
+    assert default > 1000  # ~6,000-15,000 per step at batch 64 on the machines seen
+    assert kept < 300
 
 
 _LARGE = """
