@@ -522,7 +522,7 @@ def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, 
         if not fits:
             print(f"[{time.strftime('%H:%M:%S')}] waiting: {cell_name(*todo[0])} needs ~{memory_need_gb(*todo[0]):.0f} GB,"
                   f" {free:.0f} GB available", flush=True)
-            time.sleep(600)
+            time.sleep(120)  # a cell killed for memory (OOM) resumes soon after the memory is back
             continue
         ds, h, m = fits[0]
         est = estimates.get((ds, h, m))
