@@ -174,3 +174,38 @@ def test_predict_leaves_the_callers_autograd_mode_alone(tmp_path):
     next(it2)
     it2.close()
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("distr", [None, "studentt"])
+def test_missing_past_values_do_not_leak_into_the_normalization(distr):
+    """gluonts fills missing values with a dummy and marks them unobserved: whatever the dummy, the forecast is
+    the same; with every value observed, the point path equals FFNet-TS with its own RevIN."""
+    from ffnet_ts.gluonts import FFNetTSModel
+    from ffnet_ts.model import FFNetTS
+    from gluonts.torch.distributions import StudentTOutput
+
+    torch.manual_seed(0)
+    m = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs=TINY,
+                     distr_output=StudentTOutput() if distr else None).eval()
+    past = torch.randn(3, CONTEXT) * 2 + 7
+    observed = torch.ones_like(past)
+    observed[:, 5:9] = 0
+    observed[1, -3:] = 0
+    outs = []
+    for dummy in (0.0, 1e3):
+        filled = torch.where(observed > 0, past, torch.full_like(past, dummy))
+        with torch.no_grad():
+            outs.append(m(filled, observed))
+    if distr:
+        for a, b in zip(outs[0][0], outs[1][0]):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(outs[0][1], outs[1][1])
+        # the scale comes from the observed values only
+        obs = past[0][observed[0] > 0]
+        torch.testing.assert_close(outs[0][2][0, 0], torch.sqrt(obs.var(unbiased=False) + 1e-5))
+    else:
+        torch.testing.assert_close(outs[0], outs[1])
+        ref = FFNetTS(n_vars=1, lookback=CONTEXT, horizon=H, **TINY).eval()  # RevIN inside the network
+        ref.load_state_dict(m.net.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(m.point_forecast(past), ref(past.unsqueeze(-1))[..., 0])

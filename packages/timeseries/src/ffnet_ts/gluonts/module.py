@@ -12,6 +12,22 @@ from ..baselines import RevIN
 from ..model import FFNetTS
 
 
+def masked_norm(x: torch.Tensor, observed: torch.Tensor, eps: float = 1e-5):
+    """RevIN over the observed values only: (B, L, M) -> (normalized x, (mean, std) each (B, 1, M)).
+
+    gluonts fills missing values with a dummy (0 by default) and marks them in ``past_observed_values``; plain
+    RevIN would take those zeros into the window's mean and std, and the network would see them as spikes.
+    Here the statistics use observed values only and missing positions are set to the mean (0 after
+    normalization). With every value observed this is exactly :class:`ffnet_ts.baselines.RevIN`.
+    """
+    w = observed.to(x.dtype)
+    n = w.sum(1, keepdim=True).clamp_min(1.0)
+    mean = (x * w).sum(1, keepdim=True) / n
+    var = ((x - mean) ** 2 * w).sum(1, keepdim=True) / n
+    mean, std = mean.detach(), torch.sqrt(var + eps).detach()
+    return torch.where(w > 0, (x - mean) / std, torch.zeros_like(x)), (mean, std)
+
+
 class FFNetTSModel(nn.Module):
     """FFNet-TS for gluonts batches: point forecasts (MSE), or a distribution per step (NLL) with ``distr_output``.
 
@@ -24,7 +40,8 @@ class FFNetTSModel(nn.Module):
             The network's head then gives, for every step, the distribution's unconstrained arguments (H x the
             number of arguments outputs instead of H), mapped by ``distr_output.domain_map``; the window's
             RevIN mean and std become the distribution's ``loc`` and ``scale``, as gluonts' own models pass
-            their scaler's. ``None``: the point forecaster (RevIN inside the network, MSE).
+            their scaler's. ``None``: the point forecaster (MSE).
+        In both, RevIN's statistics come from the observed past values only (:func:`masked_norm`).
     """
 
     @validated()
@@ -37,28 +54,39 @@ class FFNetTSModel(nn.Module):
         self.prediction_length, self.context_length, self.target_dim = prediction_length, context_length, target_dim
         self.distr_output = distr_output
         kwargs = dict(model_kwargs or {})
-        if distr_output is None:
-            self.net = FFNetTS(n_vars=target_dim, lookback=context_length, horizon=prediction_length, **kwargs)
-            return
-        self.arg_sizes = list(distr_output.args_dim.values())
-        self.revin = RevIN()  # outside the network: its statistics go to the distribution, not to a denorm
-        self.net = FFNetTS(n_vars=1, lookback=context_length, horizon=prediction_length * sum(self.arg_sizes),
-                           **{**kwargs, "revin": False})
+        # RevIN is applied here, not inside the network: over observed values only (masked_norm), and for a
+        # distribution its statistics become the distribution's loc and scale instead of a denorm
+        self.revin = kwargs.pop("revin", True)
+        self.arg_sizes = [1] if distr_output is None else list(distr_output.args_dim.values())
+        self.net = FFNetTS(n_vars=target_dim, lookback=context_length,
+                           horizon=prediction_length * sum(self.arg_sizes), **kwargs, revin=False)
 
     def describe_inputs(self, batch_size: int = 1) -> InputSpec:
         shape = (batch_size, self.context_length) + ((self.target_dim,) if self.target_dim > 1 else ())
         return InputSpec({"past_target": Input(shape=shape, dtype=torch.float),
                           "past_observed_values": Input(shape=shape, dtype=torch.float)}, torch.zeros)
 
-    def point_forecast(self, past_target: torch.Tensor) -> torch.Tensor:
-        """(B, L) or (B, L, M) -> (B, H) or (B, H, M)."""
+    def _normalized(self, past_target: torch.Tensor, past_observed_values: torch.Tensor | None):
+        """(B, L) or (B, L, M) -> (B, L, M) network input and its (mean, std), each (B, 1, M)."""
         x = past_target if past_target.dim() == 3 else past_target.unsqueeze(-1)  # (B, L, M)
+        if not self.revin:
+            return x, None
+        observed = torch.ones_like(x) if past_observed_values is None else past_observed_values.view_as(x)
+        return masked_norm(x, observed)
+
+    def point_forecast(self, past_target: torch.Tensor,
+                       past_observed_values: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) or (B, L, M) -> (B, H) or (B, H, M)."""
+        x, stats = self._normalized(past_target, past_observed_values)
         y = self.net(x)  # (B, H, M)
+        if stats is not None:
+            y = RevIN.denorm(y, stats)
         return y if past_target.dim() == 3 else y.squeeze(-1)
 
-    def distribution_args(self, past_target: torch.Tensor):
+    def distribution_args(self, past_target: torch.Tensor, past_observed_values: torch.Tensor | None = None):
         """(B, L) -> (distr_args, loc (B, 1), scale (B, 1)), gluonts' convention for distribution outputs."""
-        x, (mean, std) = self.revin.norm(past_target.unsqueeze(-1))  # (B, L, 1); stats (B, 1, 1)
+        x, stats = self._normalized(past_target, past_observed_values)  # (B, L, 1)
+        mean, std = stats if stats is not None else (torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1]))
         raw = self.net(x)[..., 0]  # (B, H * A)
         raw = raw.view(raw.shape[0], self.prediction_length, sum(self.arg_sizes))  # (B, H, A)
         args = self.distr_output.domain_map(*torch.split(raw, self.arg_sizes, dim=-1))
@@ -68,16 +96,16 @@ class FFNetTSModel(nn.Module):
         """Point: one "sample" per series, (B, 1, H) or (B, 1, H, M), as gluonts' sample forecasts expect.
         Distribution: ``(distr_args, loc, scale)`` for ``distr_output.forecast_generator``."""
         if self.distr_output is not None:
-            return self.distribution_args(past_target)
-        return self.point_forecast(past_target).unsqueeze(1)
+            return self.distribution_args(past_target, past_observed_values)
+        return self.point_forecast(past_target, past_observed_values).unsqueeze(1)
 
     def loss(self, past_target: torch.Tensor, past_observed_values: torch.Tensor, future_target: torch.Tensor,
              future_observed_values: torch.Tensor) -> torch.Tensor:
         """Over the observed future values (missing values, imputed by gluonts, are not scored): MSE for point
         forecasts, the distribution's negative log-likelihood with ``distr_output``."""
         if self.distr_output is not None:
-            args, loc, scale = self.distribution_args(past_target)
+            args, loc, scale = self.distribution_args(past_target, past_observed_values)
             nll = self.distr_output.loss(target=future_target, distr_args=args, loc=loc, scale=scale)  # (B, H)
             return weighted_average(nll, weights=future_observed_values)
-        err = (self.point_forecast(past_target) - future_target).pow(2) * future_observed_values
+        err = (self.point_forecast(past_target, past_observed_values) - future_target).pow(2) * future_observed_values
         return err.sum() / future_observed_values.sum().clamp_min(1.0)
