@@ -11,11 +11,11 @@ nothing is tuned at all: the recipes are taken as written.
     uv run python benchmarks/timeseries_reference.py --plan --remaining --precision bf16 --threads 1
     # 2. the grid, in the background: resumable cell by cell (a cell whose JSON exists is skipped; an
     #    interrupted cell continues from its last finished epoch), each cell a fresh subprocess
-    #    ($FFNET_REF_STATE_DIR: where resume states go; benchmarks/state/timeseries_reference/ is committed, so
-    #    a cell resumes on a new machine; default ~/.cache/ffnet/timeseries_reference/)
-    export FFNET_REF_STATE_DIR=$PWD/benchmarks/state/timeseries_reference; mkdir -p $FFNET_REF_STATE_DIR
+    #    (resume states in benchmarks/state/timeseries_reference/, committed so that a cell resumes on a new
+    #    machine; $FFNET_REF_STATE_DIR moves them)
+    mkdir -p benchmarks/state/timeseries_reference
     OMP_NUM_THREADS=1 nohup nice -n 5 uv run python benchmarks/timeseries_reference.py --run --threads 1 \
-        >> $FFNET_REF_STATE_DIR/run.log 2>&1 &
+        >> benchmarks/state/timeseries_reference/run.log 2>&1 &
     # 3. one cell by hand / the markdown table from the finished cells
     uv run python benchmarks/timeseries_reference.py --cell ETTh1 96 itransformer --threads 1
     uv run python benchmarks/timeseries_reference.py --table
@@ -50,10 +50,10 @@ CELLS_DIR = RESULTS / "timeseries_reference"
 ESTIMATES = RESULTS / "timeseries_reference_estimates.json"
 REMAINING = RESULTS / "timeseries_reference_remaining.json"
 TABLE = RESULTS / "timeseries_reference.md"
-# resume states, locks and logs. $FFNET_REF_STATE_DIR moves them, e.g. into benchmarks/state/ so that a cell's
-# last finished epoch can be committed and resumed on the next machine (a new machine starts with no ~/.cache)
-STATE_DIR = Path(os.environ.get("FFNET_REF_STATE_DIR")
-                 or Path(os.environ.get("FFNET_CACHE_DIR", Path.home() / ".cache" / "ffnet")) / "timeseries_reference")
+# resume states, locks and logs: in the repo (benchmarks/state/, git-ignored but for the FFNet-TS and DLinear
+# states), so that a cell's last finished epoch can be committed and resumed on the next machine, which starts
+# with no ~/.cache. $FFNET_REF_STATE_DIR moves them.
+STATE_DIR = Path(os.environ.get("FFNET_REF_STATE_DIR") or HERE / "state" / "timeseries_reference")
 
 DATASETS = ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "Weather"]
 HORIZONS = [96, 192, 336, 720]

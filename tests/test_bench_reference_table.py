@@ -161,19 +161,19 @@ def test_a_cell_killed_by_a_signal_is_retried_and_an_error_is_not(bench, monkeyp
 
 
 def test_resume_states_can_live_in_the_repo(load_benchmark, monkeypatch, tmp_path):
-    """A new machine starts without ~/.cache: $FFNET_REF_STATE_DIR puts the resume states in benchmarks/state/,
-    where they are committed; their locks, logs and smoke states are ignored by git."""
+    """A new machine starts without ~/.cache: the resume states live in benchmarks/state/ ($FFNET_REF_STATE_DIR
+    moves them), where FFNet-TS's are committed; locks, logs, smoke states and the big baselines' states are
+    ignored by git."""
     import shutil
     import subprocess
     from pathlib import Path
 
+    root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("FFNET_REF_STATE_DIR", str(tmp_path / "st"))
     assert load_benchmark("timeseries_reference").STATE_DIR == tmp_path / "st"
     monkeypatch.delenv("FFNET_REF_STATE_DIR")
-    monkeypatch.setenv("FFNET_CACHE_DIR", str(tmp_path / "c"))
-    assert load_benchmark("timeseries_reference").STATE_DIR == tmp_path / "c" / "timeseries_reference"
+    assert load_benchmark("timeseries_reference").STATE_DIR == root / "benchmarks" / "state" / "timeseries_reference"
 
-    root = Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
     d = "benchmarks/state/timeseries_reference/"
