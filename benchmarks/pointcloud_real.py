@@ -71,6 +71,7 @@ def montage(path, frames: list[dict], title: str, xlim, ylim) -> None:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from ffnet.fileio import save_figure
     from ffnet_3d.boxes import boxes_to_bev_corners
     from ffnet_3d.viz import CLASS_COLORS
 
@@ -107,12 +108,7 @@ def montage(path, frames: list[dict], title: str, xlim, ylim) -> None:
     fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=4)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def run_checkpoint(name: str, ckpt: str | None, frames, ids, png_dir: Path | None, extra_thresh=()) -> dict:

@@ -133,14 +133,13 @@ def plot_fans(name: str, a, train, test, cols: list[str], path: Path, windows=(0
     """PNG: for the target item (OT, else the last) and two test windows, the truth and each probabilistic
     estimator's median with its 10-90 % band (one training per model, seed ``a.seeds[0]``). Returns the plotted
     arrays per (model, window) so a test can check them."""
-    import io
 
     import lightning.pytorch as pl
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ffnet.fileio import atomic_write_bytes
+    from ffnet.fileio import save_figure
 
     item = cols.index("OT") if "OT" in cols else len(cols) - 1
     n_windows = len(list(test.label)) // len(cols)
@@ -173,10 +172,7 @@ def plot_fans(name: str, a, train, test, cols: list[str], path: Path, windows=(0
     fig.suptitle(f"{name} {cols[item]} (standardized), H={a.horizon}: median and 10-90 % band, seed {a.seeds[0]}",
                  fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
     return drawn
 
 

@@ -743,13 +743,12 @@ def plot_grid(cells: dict, path: Path = PLOT) -> dict:
     model's MSE relative to iTransformer's in the same run (bottom row, %; below 0 = better than iTransformer).
     Missing cells are left out, never interpolated. Returns the plotted points {(row, model, dataset): [(h, y)]}
     so a test can check what was drawn."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ffnet.fileio import atomic_write_bytes
+    from ffnet.fileio import save_figure
 
     drawn: dict = {}
     fig, axes = plt.subplots(2, len(DATASETS), figsize=(3.2 * len(DATASETS), 6.2), squeeze=False)
@@ -802,10 +801,7 @@ def plot_grid(cells: dict, path: Path = PLOT) -> dict:
                  f"{len(DATASETS) * len(HORIZONS) * len(MODELS)} cells (missing: D DLinear, i iTransformer, "
                  "P PatchTST, F FFNet-TS)", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100)
     return drawn
 
 

@@ -27,3 +27,26 @@ def test_failure_keeps_the_old_file_and_cleans_up(tmp_path):
         raise RuntimeError("writer failed")
     assert p.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["a.png"]
+
+
+def test_save_figure_writes_by_suffix_closes_and_keeps_the_old_file_on_failure(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ffnet.fileio import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    assert save_figure(fig, tmp_path / "f.png") == tmp_path / "f.png"
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)  # closed
+    fig, _ = plt.subplots()
+    save_figure(fig, tmp_path / "f.svg")
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+
+    good = (tmp_path / "f.png").read_bytes()
+    fig, _ = plt.subplots()
+    with pytest.raises(ValueError):
+        save_figure(fig, tmp_path / "f.png", dpi=-1)  # savefig fails
+    assert (tmp_path / "f.png").read_bytes() == good and not plt.fignum_exists(fig.number)
+    assert sorted(os.listdir(tmp_path)) == ["f.png", "f.svg"]

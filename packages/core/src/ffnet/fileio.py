@@ -40,6 +40,20 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str
             os.unlink(tmp)
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (format from its suffix) and close the figure, also when
+    writing fails. matplotlib is imported only here, by callers that already made a figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_output(path, suffix=path.suffix or ".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_output(path) as tmp:
         Path(tmp).write_bytes(data)

@@ -83,13 +83,9 @@ def bev_png(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    from ffnet.fileio import atomic_output
+    from ffnet.fileio import save_figure
 
-    try:
-        with atomic_output(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=dpi)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=dpi)
     return path
 
 

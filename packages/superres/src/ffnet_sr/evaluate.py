@@ -52,6 +52,7 @@ def save_crop_figure(result: dict, path: str | os.PathLike, scale: int, image: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from ffnet.fileio import save_figure
 
     name = image or result["per_image"][0]["image"]
     lr, sr, gt = result["_images"][name]
@@ -77,13 +78,7 @@ def save_crop_figure(result: dict, path: str | os.PathLike, scale: int, image: s
         ax.axis("off")
     fig.suptitle(f"{name} x{scale} (crop {c}x{c} at y={by}, x={bx}; PSNR on the whole Y image)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def public(result: dict) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ def plot_windows(path: str | Path, prep, predictions: np.ndarray, *, n_windows: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ffnet.fileio import atomic_write_bytes
+    from ffnet.fileio import save_figure
 
     target = prep.columns.index(prep.series.target)
     score_col = prep.out_idx.index(target) if target in prep.out_idx else len(prep.out_idx) - 1
@@ -39,7 +38,4 @@ def plot_windows(path: str | Path, prep, predictions: np.ndarray, *, n_windows: 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    save_figure(fig, path, dpi=110)
