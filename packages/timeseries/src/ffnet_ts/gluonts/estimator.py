@@ -85,8 +85,9 @@ class FFNetPredictor(PyTorchPredictor):
     thread-local, so while that generator is suspended at a ``yield`` the *caller* runs with autograd off:
     between forecasts, and for as long as a partly consumed generator (``next(iter(predictor.predict(ds)))``
     kept alive, a ``zip`` with a shorter iterable) is not closed. Seen in this project's tests: one such
-    generator turned autograd off for every later test in the process. Each forecast is computed under
-    no_grad as before, and the caller's mode is restored before it is handed out.
+    generator turned autograd off for every later test in the process. Every step of the inner generator runs
+    under no_grad (a later batch is computed inside a later ``next``), and the caller's mode is restored
+    before each forecast is handed out.
     """
 
     def predict(self, dataset: Dataset, num_samples: int | None = None):  # type: ignore[override]
@@ -94,6 +95,7 @@ class FFNetPredictor(PyTorchPredictor):
         try:
             while True:
                 mode = torch.is_grad_enabled()
+                torch.set_grad_enabled(False)  # the next batch may be computed inside this next()
                 try:
                     forecast = next(inner)
                 except StopIteration:
