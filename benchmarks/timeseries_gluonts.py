@@ -231,11 +231,12 @@ def main(argv=None) -> None:
                     help="no table: train the three probabilistic estimators once on DATASET and draw their "
                          "median and 10-90 %% band for two test windows of its target (results/<name>.png)")
     ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
-                    help="no training: one table from the rows of these result files (same settings required)")
+                    help="no training: one table from the rows of these result files (same settings required; "
+                         "seeds may differ, e.g. seeds added by a later run)")
     a = ap.parse_args(argv)
     if a.combine:
         payloads = [json.loads(Path(f).read_text()) for f in a.combine]
-        keys = ("lookback", "horizon", "epochs", "batches_per_epoch", "batch_size", "seeds")
+        keys = ("lookback", "horizon", "epochs", "batches_per_epoch", "batch_size")
         for p, f in zip(payloads[1:], a.combine[1:]):
             if any(p["args"][k] != payloads[0]["args"][k] for k in keys):
                 raise SystemExit(f"--combine: {f} was run with other settings than {a.combine[0]} ({keys})")
@@ -246,6 +247,7 @@ def main(argv=None) -> None:
         rows = list(seen.values())
         for k in keys:
             setattr(a, k, payloads[0]["args"][k])
+        a.seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})  # e.g. more seeds run later
         a.datasets = list(dict.fromkeys(r["dataset"] for r in rows))
         a.threads = payloads[0]["args"]["threads"]
         save(a.name, {"env": environment(), "args": vars(a), "combined_from": a.combine, "rows": rows}, table(rows, a))
