@@ -3,13 +3,13 @@
 What a gluonts user would run to decide between them: every variable of an ETT subset is a univariate item,
 standardized with the train split's mean and std (so the MSE is comparable across items); every estimator trains
 on the train split (the first 12 months) for the same ``--epochs`` x ``--batches-per-epoch`` sampled batches of
-``--batch-size`` windows, with its own gluonts defaults otherwise (lr 1e-3, no validation, no early stopping);
-FFNetEstimator runs twice: as the point forecaster (MSE) and with ``distr_output=StudentTOutput()`` (NLL, the
-distribution gluonts' DLinear and PatchTST use by default). Forecasts are made for non-overlapping test windows
-(``distance = horizon``) over the test split (the last 4 months) with ``gluonts.dataset.split``, and scored by
-``gluonts.evaluation.Evaluator`` on the forecasts' means. gluonts' seasonal naive forecasts (season 1 = repeat
-the last value, and season 24) are scored on the same windows. Seeds: ``--seeds`` (each model, each seed, one
-fresh training).
+``--batch-size`` windows, with its own defaults otherwise (gluonts' DLinear and PatchTST: lr 1e-3;
+FFNetEstimator: lr 1e-4; no validation, no early stopping); FFNetEstimator runs twice: as the point forecaster
+(MSE) and with ``distr_output=StudentTOutput()`` (NLL, the distribution gluonts' DLinear and PatchTST use by
+default). Forecasts are made for non-overlapping test windows (``distance = horizon``) over the test split (the
+last 4 months) with ``gluonts.dataset.split``, and scored by ``gluonts.evaluation.Evaluator`` on the forecasts'
+means. gluonts' seasonal naive forecasts (season 1 = repeat the last value, and season 24) are scored on the
+same windows. Seeds: ``--seeds`` (each model, each seed, one fresh training).
 
     FFNET_DATA_DIR=../shared/data nice -n 10 uv run python benchmarks/timeseries_gluonts.py --threads 1
     # one table from the rows of several runs (e.g. a model added later, run alone with --models ... --name ...)
