@@ -74,10 +74,13 @@ def estimator(model: str, horizon: int, lookback: int, a, root: str):
     if model == "FFNetEstimator":  # the point forecaster (MSE)
         from ffnet_ts.gluonts import FFNetEstimator
         return FFNetEstimator(distr_output=None, **common)
-    if model == "FFNetEstimator (StudentT)":
+    if model == "FFNetEstimator (StudentT)":  # gluonts' plain Student-t (df > 2), the default until session 27
         from ffnet_ts.gluonts import FFNetEstimator
         from gluonts.torch.distributions import StudentTOutput
         return FFNetEstimator(distr_output=StudentTOutput(), **common)
+    if model.startswith("FFNetEstimator (StudentT, df>"):  # e.g. "... df>5)": MinDFStudentTOutput(5)
+        from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
+        return FFNetEstimator(distr_output=MinDFStudentTOutput(float(model.split(">")[1].rstrip(")"))), **common)
     if model == "DLinearEstimator":
         from gluonts.torch.model.d_linear import DLinearEstimator
         return DLinearEstimator(**common)
@@ -145,7 +148,7 @@ def plot_fans(name: str, a, train, test, cols: list[str], path: Path, windows=(0
     n_windows = len(list(test.label)) // len(cols)
     picks = [item * n_windows + w for w in windows if w < n_windows]
     inputs, labels = list(test.input), list(test.label)
-    models = ["FFNetEstimator (StudentT)", "DLinearEstimator", "PatchTSTEstimator"]
+    models = [DEFAULT_FFNET, "DLinearEstimator", "PatchTSTEstimator"]
     drawn = {}
     fig, axes = plt.subplots(len(picks), len(models), figsize=(4.2 * len(models), 2.8 * len(picks)), squeeze=False,
                              sharey="row")
@@ -176,13 +179,29 @@ def plot_fans(name: str, a, train, test, cols: list[str], path: Path, windows=(0
     return drawn
 
 
-MODELS = ["FFNetEstimator", "FFNetEstimator (StudentT)", "DLinearEstimator", "PatchTSTEstimator"]
+DEFAULT_FFNET = "FFNetEstimator (StudentT, df>5)"  # distr_output="auto" for univariate items
+MODELS = ["FFNetEstimator", DEFAULT_FFNET, "FFNetEstimator (StudentT)", "DLinearEstimator", "PatchTSTEstimator"]
+
+
+def model_name(name: str) -> str:
+    """argparse type: one of MODELS, or the Student-t head with another floor, e.g. "FFNetEstimator (StudentT, df>10)"."""
+    if name in MODELS:
+        return name
+    if name.startswith("FFNetEstimator (StudentT, df>") and name.endswith(")"):
+        try:
+            if float(name.split(">")[1][:-1]) >= 2:
+                return name
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {MODELS} "
+                                     "(or 'FFNetEstimator (StudentT, df>N)' with N >= 2)")
 
 
 def table(rows: list[dict], a) -> str:
+    split = getattr(a, "split", "test")
     lines = [f"gluonts-native comparison: univariate standardized items, lookback {a.lookback}, horizon {a.horizon}, "
              f"{a.epochs} epochs x {a.batches_per_epoch} batches of {a.batch_size}, gluonts defaults otherwise; "
-             f"non-overlapping test windows; mean +- std over seeds {a.seeds}; {a.threads} thread(s).", "",
+             f"non-overlapping {split} windows; mean +- std over seeds {a.seeds}; {a.threads} thread(s).", "",
              "| data | model | MSE | MAE | ND | MASE | mean wQL | 80 % interval coverage | MSE vs DLinear | train s | "
              "params |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -210,15 +229,19 @@ def table(rows: list[dict], a) -> str:
                  "80 % interval coverage: the share of true values between the 0.1 and 0.9 quantiles "
                  "(Coverage[0.9] - Coverage[0.1]; 0.80 when calibrated) "
                  "(FFNetEstimator: `distr_output=None`, a point forecaster, so its quantiles all equal its mean and its "
-                 "wQL is its ND; FFNetEstimator (StudentT): `StudentTOutput()`, the estimator's default for "
-                 "univariate items).")
+                 "wQL is its ND; FFNetEstimator (StudentT, df>5): `MinDFStudentTOutput(5)`, the estimator's "
+                 "default for univariate items since session 27; FFNetEstimator (StudentT): gluonts' "
+                 "`StudentTOutput()` (df > 2), the default before).")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTh2"])
-    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    ap.add_argument("--models", nargs="+", default=MODELS, type=model_name, metavar="MODEL",
+                    help=f"default: {MODELS}; also 'FFNetEstimator (StudentT, df>N)' for another floor N")
+    ap.add_argument("--split", choices=["test", "val"], default="test",
+                    help="val: score on the validation months instead (for choosing settings; never test)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--lookback", type=int, default=96)
     ap.add_argument("--horizon", type=int, default=96)
@@ -238,8 +261,9 @@ def main(argv=None) -> None:
         payloads = [json.loads(Path(f).read_text()) for f in a.combine]
         keys = ("lookback", "horizon", "epochs", "batches_per_epoch", "batch_size")
         for p, f in zip(payloads[1:], a.combine[1:]):
-            if any(p["args"][k] != payloads[0]["args"][k] for k in keys):
-                raise SystemExit(f"--combine: {f} was run with other settings than {a.combine[0]} ({keys})")
+            if any(p["args"][k] != payloads[0]["args"][k] for k in keys) or \
+                    p["args"].get("split", "test") != payloads[0]["args"].get("split", "test"):
+                raise SystemExit(f"--combine: {f} was run with other settings than {a.combine[0]} ({keys}, split)")
         rows = [r for p in payloads for r in p["rows"]]
         seen = {}
         for r in rows:  # a model run in several files keeps its first file's rows
@@ -250,6 +274,7 @@ def main(argv=None) -> None:
         a.seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})  # e.g. more seeds run later
         a.datasets = list(dict.fromkeys(r["dataset"] for r in rows))
         a.threads = payloads[0]["args"]["threads"]
+        a.split = payloads[0]["args"].get("split", "test")
         save(a.name, {"env": environment(), "args": vars(a), "combined_from": a.combine, "rows": rows}, table(rows, a))
         return
     torch.set_num_threads(a.threads)
@@ -261,8 +286,8 @@ def main(argv=None) -> None:
         return
     rows = []
     for name in a.datasets:
-        train, test, windows, cols = items(name, a.lookback, a.horizon)
-        print(f"{name}: {len(cols)} items x {windows} test windows", flush=True)
+        train, test, windows, cols = items(name, a.lookback, a.horizon, a.split)
+        print(f"{name}: {len(cols)} items x {windows} {a.split} windows", flush=True)
         for season in (1, 24):
             rows.append(run_naive(season, name, a, test))
             print(json.dumps({k: rows[-1][k] for k in ("dataset", "model", "mse", "mae")}), flush=True)

@@ -57,6 +57,25 @@ def test_combine_merges_runs_with_the_same_settings_and_refuses_others(bench, tm
     c.write_text(json.dumps({"args": dict(args, epochs=10), "rows": []}))
     with pytest.raises(SystemExit, match="other settings"):
         bench.main(["--combine", str(a), str(c)])
+    c.write_text(json.dumps({"args": dict(args, split="val"), "rows": []}))  # validation rows never mix with test
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main(["--combine", str(a), str(c)])
+
+
+def test_model_names_and_the_student_t_floor(bench):
+    import argparse
+
+    assert bench.model_name("FFNetEstimator (StudentT, df>10)") == "FFNetEstimator (StudentT, df>10)"
+    for bad in ("FFNetEstimator (StudentT, df>1)", "FFNetEstimator (StudentT, df>x)", "NBEATS"):
+        with pytest.raises(argparse.ArgumentTypeError, match="unknown model"):
+            bench.model_name(bad)
+    a = argparse.Namespace(batch_size=8, batches_per_epoch=2, epochs=1)
+    est = bench.estimator("FFNetEstimator (StudentT, df>10)", 24, 48, a, "/tmp")
+    assert est.distr_output.min_df == 10.0
+    from ffnet_ts.gluonts import FFNetEstimator
+
+    default = FFNetEstimator(prediction_length=24)  # the benchmark's DEFAULT_FFNET is the estimator's default
+    assert repr(bench.estimator(bench.DEFAULT_FFNET, 24, 48, a, "/tmp").distr_output) == repr(default.distr_output)
 
 
 def test_fan_plot_draws_ordered_bands_on_the_target_item(bench, data_dir, tmp_path):

@@ -92,7 +92,7 @@ def test_multivariate_items(tmp_path):
 
 
 def test_distribution_output_quantiles_round_trip_and_explicit_sampler(tmp_path):
-    """The default for univariate items (distr_output="auto" = StudentTOutput()): real quantiles, a forecast the
+    """The default for univariate items (distr_output="auto" = MinDFStudentTOutput(5)): real quantiles, a forecast the
     Evaluator scores, an exact round trip; an explicitly passed gluonts object (here a sampler) validates
     (string annotations used to fail)."""
     from gluonts.torch.model.forecast import DistributionForecast
@@ -108,6 +108,8 @@ def test_distribution_output_quantiles_round_trip_and_explicit_sampler(tmp_path)
     forecasts, tss = (list(it) for it in make_evaluation_predictions(test, predictor))
     fc = forecasts[0]
     assert isinstance(fc, DistributionForecast) and fc.mean.shape == (H,)
+    assert type(est.distr_output).__name__ == "MinDFStudentTOutput" and est.distr_output.min_df == 5.0
+    assert float(fc.distribution.base_dist.df.min()) > 5.0
     lo, med, hi = fc.quantile(0.1), fc.quantile(0.5), fc.quantile(0.9)
     assert np.all(lo < med) and np.all(med < hi)  # a spread, not a point
     agg, _ = Evaluator()(tss, forecasts)
@@ -121,13 +123,16 @@ def test_distribution_output_quantiles_round_trip_and_explicit_sampler(tmp_path)
         np.testing.assert_allclose(a.quantile(0.9), b.quantile(0.9), rtol=1e-6)
 
 
-def test_distribution_loss_is_the_student_t_nll():
-    """The module's loss against torch.distributions.StudentT on loc + scale * t(df, mu, sigma) by hand."""
-    from ffnet_ts.gluonts import FFNetTSModel
+@pytest.mark.parametrize("min_df", [None, 5.0, 30.0])
+def test_distribution_loss_is_the_student_t_nll(min_df):
+    """The module's loss against torch.distributions.StudentT on loc + scale * t(df, mu, sigma) by hand, for
+    gluonts' StudentTOutput (df > 2) and ours with a floor on df."""
+    from ffnet_ts.gluonts import FFNetTSModel, MinDFStudentTOutput
     from gluonts.torch.distributions import StudentTOutput
 
     torch.manual_seed(0)
-    m = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs=TINY, distr_output=StudentTOutput())
+    out = StudentTOutput() if min_df is None else MinDFStudentTOutput(min_df)
+    m = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs=TINY, distr_output=out)
     m.eval()  # dropout off: the two forward passes below must agree
     past = torch.randn(4, CONTEXT) * 3 + 10
     future = torch.randn(4, H) * 3 + 10
@@ -135,12 +140,29 @@ def test_distribution_loss_is_the_student_t_nll():
     observed[0, -2:] = 0  # missing values are not scored
     (df, mu, sigma), loc, scale = m.distribution_args(past)
     assert loc.shape == scale.shape == (4, 1) and df.shape == (4, H)
+    assert float(df.min()) > (min_df or 2.0)
     torch.testing.assert_close(loc[:, 0], past.mean(1))
     base = torch.distributions.StudentT(df, mu, sigma)
     nll = -(base.log_prob((future - loc) / scale) - torch.log(scale))  # change of variables
     ref = (nll * observed).sum() / observed.sum()
     got = m.loss(past, torch.ones_like(past), future, observed)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_min_df_student_t_is_gluonts_student_t_shifted_in_df():
+    """Same arguments as gluonts' StudentTOutput.domain_map, but df shifted by min_df - 2; min_df < 2 refused."""
+    from ffnet_ts.gluonts import MinDFStudentTOutput
+    from gluonts.torch.distributions import StudentTOutput
+
+    raw = [torch.randn(5, 7, 1) * 3 for _ in range(3)]
+    df0, loc0, scale0 = StudentTOutput.domain_map(*raw)
+    df, loc, scale = MinDFStudentTOutput(6.5).domain_map(*raw)
+    torch.testing.assert_close(df, df0 + 4.5)
+    torch.testing.assert_close(loc, loc0)
+    torch.testing.assert_close(scale, scale0)
+    assert list(MinDFStudentTOutput().args_dim) == ["df", "loc", "scale"]
+    with pytest.raises(ValueError, match="min_df must be >= 2"):
+        MinDFStudentTOutput(1.5)
 
 
 def test_distribution_output_refuses_multivariate_items():

@@ -7,7 +7,8 @@ validation steps), :mod:`.estimator` (transformations, instance splitter, predic
 workaround this package needs).
 
 For univariate items the estimator's default (``distr_output="auto"``) is a Student-t distribution per step,
-trained by negative log-likelihood, as gluonts' own DLinear and PatchTST estimators do: forecasts are
+trained by negative log-likelihood, as gluonts' own DLinear and PatchTST estimators do (with its degrees of
+freedom kept above 5: :class:`MinDFStudentTOutput`): forecasts are
 ``DistributionForecast`` objects with real quantiles. With ``distr_output=None`` (and always for multivariate
 items) FFNet-TS is a point forecaster trained with MSE, and forecasts are ``SampleForecast`` objects holding
 exactly one sample (mean = median = every quantile). Numbers from gluonts-style evaluation (sampled training
@@ -15,8 +16,10 @@ windows, a test window at each series' end) are not comparable to the standard-p
 ``ffnet-ts forecast``.
 """
 
+from .distributions import MinDFStudentTOutput
 from .estimator import FFNetEstimator, FFNetPredictor, PointForecastGenerator
 from .lightning_module import FFNetLightningModule
 from .module import FFNetTSModel
 
-__all__ = ["FFNetEstimator", "FFNetLightningModule", "FFNetPredictor", "FFNetTSModel", "PointForecastGenerator"]
+__all__ = ["FFNetEstimator", "FFNetLightningModule", "FFNetPredictor", "FFNetTSModel", "MinDFStudentTOutput",
+           "PointForecastGenerator"]
