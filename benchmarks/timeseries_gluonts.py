@@ -78,9 +78,9 @@ def estimator(model: str, horizon: int, lookback: int, a, root: str):
         from ffnet_ts.gluonts import FFNetEstimator
         from gluonts.torch.distributions import StudentTOutput
         return FFNetEstimator(distr_output=StudentTOutput(), **common)
-    if model.startswith("FFNetEstimator (StudentT, df>"):  # e.g. "... df>5)": MinDFStudentTOutput(5)
+    if _min_df(model) is not None:  # e.g. "... df>5)": MinDFStudentTOutput(5)
         from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
-        return FFNetEstimator(distr_output=MinDFStudentTOutput(float(model.split(">")[1].rstrip(")"))), **common)
+        return FFNetEstimator(distr_output=MinDFStudentTOutput(_min_df(model)), **common)
     if model == "DLinearEstimator":
         from gluonts.torch.model.d_linear import DLinearEstimator
         return DLinearEstimator(**common)
@@ -183,16 +183,21 @@ DEFAULT_FFNET = "FFNetEstimator (StudentT, df>5)"  # distr_output="auto" for uni
 MODELS = ["FFNetEstimator", DEFAULT_FFNET, "FFNetEstimator (StudentT)", "DLinearEstimator", "PatchTSTEstimator"]
 
 
+def _min_df(name: str) -> float | None:
+    """The floor N of "FFNetEstimator (StudentT, df>N)"; None for any other name."""
+    prefix = "FFNetEstimator (StudentT, df>"
+    if name.startswith(prefix) and name.endswith(")"):
+        try:
+            return float(name[len(prefix):-1])
+        except ValueError:
+            return None
+    return None
+
+
 def model_name(name: str) -> str:
     """argparse type: one of MODELS, or the Student-t head with another floor, e.g. "FFNetEstimator (StudentT, df>10)"."""
-    if name in MODELS:
+    if name in MODELS or (_min_df(name) or 0.0) >= 2:
         return name
-    if name.startswith("FFNetEstimator (StudentT, df>") and name.endswith(")"):
-        try:
-            if float(name.split(">")[1][:-1]) >= 2:
-                return name
-        except ValueError:
-            pass
     raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {MODELS} "
                                      "(or 'FFNetEstimator (StudentT, df>N)' with N >= 2)")
 

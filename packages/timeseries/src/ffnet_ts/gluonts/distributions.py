@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from gluonts.core.component import validated
 from gluonts.torch.distributions import StudentTOutput
 
@@ -28,5 +27,5 @@ class MinDFStudentTOutput(StudentTOutput):
         self.min_df = float(min_df)
 
     def domain_map(self, df: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):  # type: ignore[override]
-        scale = F.softplus(scale).clamp_min(torch.finfo(scale.dtype).eps)
-        return (self.min_df + F.softplus(df)).squeeze(-1), loc.squeeze(-1), scale.squeeze(-1)
+        df, loc, scale = StudentTOutput.domain_map(df, loc, scale)  # df = 2 + softplus(.)
+        return df + (self.min_df - 2.0), loc, scale
