@@ -233,3 +233,68 @@ def test_missing_past_values_do_not_leak_into_the_normalization(distr):
         ref.load_state_dict(m.net.state_dict())
         with torch.no_grad():
             torch.testing.assert_close(m.point_forecast(past), ref(past.unsqueeze(-1))[..., 0])
+
+
+@pytest.mark.parametrize("distr", [None, "studentt"])
+def test_level_features_start_as_the_plain_network_and_break_revins_invariance(distr):
+    """RevIN makes the plain network affine-equivariant: f(a*x + b) = a*f(x) + b, so it cannot see the window's
+    level. The level features start at zero (an untrained model equals the plain one, weight for weight); once
+    they are non-zero the forecast of a shifted window is no longer the shifted forecast. Fast path == stock ops."""
+    from ffnet_ts import fastconv
+    from ffnet_ts.gluonts import FFNetTSModel, MinDFStudentTOutput
+
+    torch.manual_seed(0)
+    out = MinDFStudentTOutput(5.0) if distr else None
+    plain = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs=TINY, distr_output=out).eval()
+    lvl = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs={**TINY, "level_features": True},
+                       distr_output=out).eval()
+    missing = lvl.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["level_embed.bias", "level_embed.weight"]
+    past = torch.randn(3, CONTEXT) * 2 + 7
+
+    def forecast(m, x):  # the point forecast, or the Student-t's location loc + scale * mu
+        with torch.no_grad():
+            if distr is None:
+                return m.point_forecast(x)
+            (_, mu, _), loc, scale = m.distribution_args(x)
+            return loc + scale * mu
+
+    torch.testing.assert_close(forecast(lvl, past), forecast(plain, past))
+    a, b = 3.0, -20.0
+    torch.testing.assert_close(forecast(plain, a * past + b), a * forecast(plain, past) + b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        lvl.level_embed.weight.normal_(0, 0.5)
+        lvl.level_embed.bias.normal_(0, 0.5)
+    moved = forecast(lvl, a * past + b) - (a * forecast(lvl, past) + b)
+    assert float(moved.abs().max()) > 1e-2
+    with fastconv.stock_ops():
+        ref = forecast(lvl, past)
+    torch.testing.assert_close(forecast(lvl, past), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_level_features_learn_at_their_own_rate_and_are_on_by_default_for_distribution_heads():
+    from ffnet_ts.gluonts import FFNetTSModel
+    from ffnet_ts.gluonts.lightning_module import FFNetLightningModule
+
+    est = FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, lr=1e-4)
+    module = est.create_lightning_module()
+    assert module.model.level_embed is not None
+    groups = module.configure_optimizers().param_groups
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in module.model.parameters())  # every parameter, once
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in module.model.level_embed.parameters()}
+    for off in (FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, level_features=False),
+                FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, distr_output=None)):  # "auto"
+        module = off.create_lightning_module()
+        assert module.model.level_embed is None and len(module.configure_optimizers().param_groups) == 1
+    point = FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, distr_output=None, level_features=True)
+    assert point.create_lightning_module().model.level_embed is not None
+    with pytest.raises(ValueError, match="level_features must be 'auto', True or False"):
+        FFNetEstimator(prediction_length=H, level_features="sometimes")
+    assert len(FFNetLightningModule({"prediction_length": H, "context_length": CONTEXT,
+                                     "model_kwargs": {**TINY, "level_features": True}},
+                                    lr=1e-4).configure_optimizers().param_groups[1]["params"]) == 2
+    with pytest.raises(ValueError, match="level_features needs revin=True"):
+        FFNetTSModel(prediction_length=H, context_length=CONTEXT,
+                     model_kwargs={**TINY, "revin": False, "level_features": True})

@@ -11,13 +11,15 @@ from .module import FFNetTSModel
 
 
 class FFNetLightningModule(pl.LightningModule):
-    """Trains an :class:`FFNetTSModel` (``model_kwargs`` are its arguments) with Adam."""
+    """Trains an :class:`FFNetTSModel` (``model_kwargs`` are its arguments) with Adam; the level-feature
+    embedding (``level_features``) learns at ``level_lr`` (default: ``lr``)."""
 
     @validated()
-    def __init__(self, model_kwargs: dict, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+    def __init__(self, model_kwargs: dict, lr: float = 1e-3, weight_decay: float = 0.0,
+                 level_lr: float | None = None) -> None:
         super().__init__()
         self.model = FFNetTSModel(**model_kwargs)
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.level_lr = lr, weight_decay, level_lr
         self.inputs = self.model.describe_inputs()
 
     def forward(self, *args, **kwargs):
@@ -38,4 +40,9 @@ class FFNetLightningModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        level = [] if self.model.level_embed is None else list(self.model.level_embed.parameters())
+        ids = {id(p) for p in level}
+        groups = [{"params": [p for p in self.model.parameters() if id(p) not in ids]}]
+        if level:
+            groups.append({"params": level, "lr": self.lr if self.level_lr is None else self.level_lr})
+        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)

@@ -8,6 +8,7 @@ from gluonts.model import Input, InputSpec
 from gluonts.torch.util import weighted_average
 from torch import nn
 
+from .. import fastconv
 from ..baselines import RevIN
 from ..model import FFNetTS
 
@@ -42,6 +43,11 @@ class FFNetTSModel(nn.Module):
             RevIN mean and std become the distribution's ``loc`` and ``scale``, as gluonts' own models pass
             their scaler's. ``None``: the point forecaster (MSE).
         In both, RevIN's statistics come from the observed past values only (:func:`masked_norm`).
+        model_kwargs may also hold ``revin`` (default True) and ``level_features`` (default False; ours, not in
+        the paper): RevIN takes each window's level and spread out of the network's view, and on globally
+        standardized items that level carries information (a window far above the series' mean tends to come
+        back). With ``level_features`` the window's mean and log std are embedded (a zero-initialized
+        ``Linear(2, D)``) and added to the patch tokens, so the network sees them and RevIN still scales.
     """
 
     @validated()
@@ -57,9 +63,32 @@ class FFNetTSModel(nn.Module):
         # RevIN is applied here, not inside the network: over observed values only (masked_norm), and for a
         # distribution its statistics become the distribution's loc and scale instead of a denorm
         self.revin = kwargs.pop("revin", True)
+        level_features = kwargs.pop("level_features", False)
         self.arg_sizes = [1] if distr_output is None else list(distr_output.args_dim.values())
         self.net = FFNetTS(n_vars=target_dim, lookback=context_length,
                            horizon=prediction_length * sum(self.arg_sizes), **kwargs, revin=False)
+        self.level_embed = None
+        if level_features:
+            if not self.revin:
+                raise ValueError("level_features needs revin=True: it hands the network the level and spread that "
+                                 "RevIN takes out of the window")
+            # zero-initialized: an untrained model with level features is the model without them
+            self.level_embed = nn.Linear(2, self.net.dim)
+            nn.init.zeros_(self.level_embed.weight)
+            nn.init.zeros_(self.level_embed.bias)
+
+    def _net(self, x: torch.Tensor, stats) -> torch.Tensor:
+        """The network on the normalized window (B, L, M) -> (B, H * A, M); with ``level_features`` the
+        window's RevIN mean and log std, embedded to D features per variable, are added to every patch token."""
+        if self.level_embed is None:
+            return self.net(x)
+        mean, std = stats  # (B, 1, M) each
+        emb = self.level_embed(torch.stack([mean, torch.log(std)], dim=-1))  # (B, 1, M, D)
+        f = self.net.stem(x.transpose(1, 2))  # (B, M*D, N), channels (m, d)
+        f = f + emb.reshape(f.shape[0], -1, 1)
+        if fastconv._fast(f):  # the broadcast add may return the batch-major layout
+            f = fastconv.to_channel_major(f)
+        return self.net.forward_head(self.net.blocks(f))
 
     def describe_inputs(self, batch_size: int = 1) -> InputSpec:
         shape = (batch_size, self.context_length) + ((self.target_dim,) if self.target_dim > 1 else ())
@@ -78,7 +107,7 @@ class FFNetTSModel(nn.Module):
                        past_observed_values: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) or (B, L, M) -> (B, H) or (B, H, M)."""
         x, stats = self._normalized(past_target, past_observed_values)
-        y = self.net(x)  # (B, H, M)
+        y = self._net(x, stats)  # (B, H, M)
         if stats is not None:
             y = RevIN.denorm(y, stats)
         return y if past_target.dim() == 3 else y.squeeze(-1)
@@ -87,7 +116,7 @@ class FFNetTSModel(nn.Module):
         """(B, L) -> (distr_args, loc (B, 1), scale (B, 1)), gluonts' convention for distribution outputs."""
         x, stats = self._normalized(past_target, past_observed_values)  # (B, L, 1)
         mean, std = stats if stats is not None else (torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1]))
-        raw = self.net(x)[..., 0]  # (B, H * A)
+        raw = self._net(x, stats)[..., 0]  # (B, H * A)
         raw = raw.view(raw.shape[0], self.prediction_length, sum(self.arg_sizes))  # (B, H, A)
         args = self.distr_output.domain_map(*torch.split(raw, self.arg_sizes, dim=-1))
         return args, mean[..., 0], std[..., 0]
