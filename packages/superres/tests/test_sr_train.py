@@ -133,7 +133,8 @@ def test_ddp_torchrun_two_cpu_processes(hr_folder, tmp_path):
            "-O", "datasets.train.batch_size_per_gpu=2", "-O", f"datasets.val.dataroot={hr_folder}",
            "-O", "train.total_iter=4", "-O", "val.val_freq=4", "-O", "logger.save_checkpoint_freq=2", "-O", "num_threads=1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    # the ranks' own messages (e.g. "terminate called ...") come before torchrun's long traceback: show both
+    assert r.returncode == 0, r.stderr[:1500] + "\n...\n" + r.stderr[-1500:]
     log = (tmp_path / "ddp" / "train.log").read_text()
     assert "world=2" in log and "batch=2x2" in log and "done: 4 iters" in log
     ck = torch.load(tmp_path / "ddp" / "ckpt_last.pt", weights_only=False)

@@ -295,6 +295,9 @@ def train(cfg: dict, resume: str | None = None, device: str | None = None, progr
         log(f"{'done' if stop == total else 'paused'}: {stop} iters, {elapsed / 3600:.3f} h training wall time, "
             f"best val psnr {best:.3f}")
     if ddp:
+        # NOTE: every rank waits for the others before tearing gloo down (as ffnet_3d does). Without it, rank 1
+        # left while rank 0 was still writing the checkpoint, and once, on a loaded machine, it died with SIGABRT.
+        dist.barrier()
         dist.destroy_process_group()
     return {"iters": stop, "elapsed_h": elapsed / 3600, "best_psnr": best, "history": history,
             "checkpoint": str(ckpt_path)}
