@@ -24,43 +24,48 @@ from torch import nn
 
 OUT = Path(__file__).resolve().parent / "results" / "timeseries_level_probe.jsonl"
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--level", action="store_true")
-ap.add_argument("--epochs", type=int, default=30)
-ap.add_argument("--ds", default="ETTh1")
-ap.add_argument("--h", type=int, default=96)
-ap.add_argument("--seed", type=int, default=2021)
-a = ap.parse_args()
-torch.set_num_threads(1)
-model_args, train_args = R.recipe("ffnet_ts", a.ds, a.h)
-train_args["epochs"] = a.epochs
-prep = D.prepare(D.load(a.ds), 96, a.h)
-torch.manual_seed(a.seed)
-net = create_model("ffnet_ts", n_vars=prep.n_vars, lookback=96, horizon=a.h, **model_args)
-if a.level:
-    net.level_embed = nn.Linear(2, net.dim)
-    nn.init.zeros_(net.level_embed.weight)
-    nn.init.zeros_(net.level_embed.bias)
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--level", action="store_true")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--ds", default="ETTh1")
+    ap.add_argument("--h", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=2021)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    model_args, train_args = R.recipe("ffnet_ts", a.ds, a.h)
+    train_args["epochs"] = a.epochs
+    prep = D.prepare(D.load(a.ds), 96, a.h)
+    torch.manual_seed(a.seed)
+    net = create_model("ffnet_ts", n_vars=prep.n_vars, lookback=96, horizon=a.h, **model_args)
+    if a.level:
+        net.level_embed = nn.Linear(2, net.dim)
+        nn.init.zeros_(net.level_embed.weight)
+        nn.init.zeros_(net.level_embed.bias)
 
-    def fwd(x, self=net):
-        x, stats = self.revin.norm(x)
-        mean, std = stats
-        b = x.shape[0]
-        f = self.stem(x.transpose(1, 2))
-        emb = 10.0 * self.level_embed(torch.stack([mean, torch.log(std)], -1))  # x10: ~10x lr under Adam
-        f = f + emb.reshape(b, -1, 1)
-        if fastconv._fast(f):
-            f = fastconv.to_channel_major(f)
-        return RevIN.denorm(self.forward_head(self.blocks(f)), stats)
-    net.forward = fwd
-train_args["precision"] = "bf16"
-cfg = T.TrainConfig(seed=a.seed, progress=False, device="cpu", **train_args)
-t = time.perf_counter()
-res = T.fit(net, prep, cfg, log=lambda s: print(s, flush=True))
-val = T.evaluate(net, prep, "val", batch_size=512)
-test = T.evaluate(net, prep, "test", batch_size=512)
-row = dict(ds=a.ds, h=a.h, seed=a.seed, level=a.level, epochs=a.epochs, best_epoch=res.best_epoch, val_mse=val["mse"],
-           test_mse=test["mse"], test_mae=test["mae"], s=round(time.perf_counter() - t))
-print(json.dumps(row), flush=True)
-with open(OUT, "a") as f:
-    f.write(json.dumps(row) + "\n")
+        def fwd(x, self=net):
+            x, stats = self.revin.norm(x)
+            mean, std = stats
+            b = x.shape[0]
+            f = self.stem(x.transpose(1, 2))
+            emb = 10.0 * self.level_embed(torch.stack([mean, torch.log(std)], -1))  # x10: ~10x lr under Adam
+            f = f + emb.reshape(b, -1, 1)
+            if fastconv._fast(f):
+                f = fastconv.to_channel_major(f)
+            return RevIN.denorm(self.forward_head(self.blocks(f)), stats)
+        net.forward = fwd
+    train_args["precision"] = "bf16"
+    cfg = T.TrainConfig(seed=a.seed, progress=False, device="cpu", **train_args)
+    t = time.perf_counter()
+    res = T.fit(net, prep, cfg, log=lambda s: print(s, flush=True))
+    val = T.evaluate(net, prep, "val", batch_size=512)
+    test = T.evaluate(net, prep, "test", batch_size=512)
+    row = dict(ds=a.ds, h=a.h, seed=a.seed, level=a.level, epochs=a.epochs, best_epoch=res.best_epoch, val_mse=val["mse"],
+               test_mse=test["mse"], test_mae=test["mae"], s=round(time.perf_counter() - t))
+    print(json.dumps(row), flush=True)
+    with open(OUT, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
