@@ -81,6 +81,9 @@ def estimator(model: str, horizon: int, lookback: int, a, root: str):
     if model == LEVEL_POINT_FFNET:
         from ffnet_ts.gluonts import FFNetEstimator
         return FFNetEstimator(distr_output=None, level_features=True, **common)
+    if model == LEVEL_FFNET:
+        from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
+        return FFNetEstimator(distr_output=MinDFStudentTOutput(5.0), level_features=True, **common)
     if model == NO_LEVEL_FFNET:
         from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
         return FFNetEstimator(distr_output=MinDFStudentTOutput(5.0), level_features=False, **common)
@@ -186,9 +189,10 @@ def plot_fans(name: str, a, train, test, cols: list[str], path: Path, windows=(0
 
 
 DEFAULT_FFNET = "FFNetEstimator (StudentT, df>5)"  # distr_output="auto" for univariate items
-NO_LEVEL_FFNET = "FFNetEstimator (StudentT, df>5, no level features)"  # the default until session 29
+NO_LEVEL_FFNET = "FFNetEstimator (StudentT, df>5, no level features)"  # = the default (level features are opt-in)
+LEVEL_FFNET = "FFNetEstimator (StudentT, df>5, level features)"
 LEVEL_POINT_FFNET = "FFNetEstimator (level features)"  # the point forecaster with level_features=True
-MODELS = ["FFNetEstimator", LEVEL_POINT_FFNET, DEFAULT_FFNET, NO_LEVEL_FFNET, "FFNetEstimator (StudentT)",
+MODELS = ["FFNetEstimator", LEVEL_POINT_FFNET, DEFAULT_FFNET, LEVEL_FFNET, NO_LEVEL_FFNET, "FFNetEstimator (StudentT)",
           "DLinearEstimator", "PatchTSTEstimator"]
 
 
@@ -245,10 +249,8 @@ def table(rows: list[dict], a) -> str:
                  "(FFNetEstimator: `distr_output=None`, a point forecaster, so its quantiles all equal its mean and its "
                  "wQL is its ND; FFNetEstimator (StudentT, df>5): `MinDFStudentTOutput(5)`, the estimator's "
                  "default for univariate items since session 27; FFNetEstimator (StudentT): gluonts' "
-                 "`StudentTOutput()` (df > 2), the default before). Level features (session 29): the estimator's "
-                 "default `level_features='auto'` turns them on for the Student-t rows (except the one named "
-                 "'no level features') and off for the point forecaster 'FFNetEstimator'; "
-                 "'FFNetEstimator (level features)' is the point forecaster with them on.")
+                 "`StudentTOutput()` (df > 2), the default before). Level features (session 29, opt-in): only in the rows "
+                 "named 'level features'; the 'no level features' row is the default, run again.")
     return "\n".join(lines) + "\n"
 
 

@@ -272,11 +272,11 @@ def test_level_features_start_as_the_plain_network_and_break_revins_invariance(d
     torch.testing.assert_close(forecast(lvl, past), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_level_features_learn_at_their_own_rate_and_are_on_by_default_for_distribution_heads():
+def test_level_features_learn_at_their_own_rate_are_opt_in_and_auto_follows_the_head():
     from ffnet_ts.gluonts import FFNetTSModel
     from ffnet_ts.gluonts.lightning_module import FFNetLightningModule
 
-    est = FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, lr=1e-4)
+    est = FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, lr=1e-4, level_features="auto")
     module = est.create_lightning_module()
     assert module.model.level_embed is not None
     groups = module.configure_optimizers().param_groups
@@ -284,8 +284,9 @@ def test_level_features_learn_at_their_own_rate_and_are_on_by_default_for_distri
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in module.model.parameters())  # every parameter, once
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in module.model.level_embed.parameters()}
-    for off in (FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, level_features=False),
-                FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, distr_output=None)):  # "auto"
+    for off in (FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY),  # the default: off
+                FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, distr_output=None,
+                               level_features="auto")):
         module = off.create_lightning_module()
         assert module.model.level_embed is None and len(module.configure_optimizers().param_groups) == 1
     point = FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, distr_output=None, level_features=True)
