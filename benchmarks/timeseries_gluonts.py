@@ -78,15 +78,10 @@ def estimator(model: str, horizon: int, lookback: int, a, root: str):
         from ffnet_ts.gluonts import FFNetEstimator
         from gluonts.torch.distributions import StudentTOutput
         return FFNetEstimator(distr_output=StudentTOutput(), **common)
-    if model == LEVEL_POINT_FFNET:
-        from ffnet_ts.gluonts import FFNetEstimator
-        return FFNetEstimator(distr_output=None, level_features=True, **common)
-    if model == LEVEL_FFNET:
+    if model in (LEVEL_POINT_FFNET, LEVEL_FFNET, NO_LEVEL_FFNET):  # the level-feature pairs of session 29
         from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
-        return FFNetEstimator(distr_output=MinDFStudentTOutput(5.0), level_features=True, **common)
-    if model == NO_LEVEL_FFNET:
-        from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
-        return FFNetEstimator(distr_output=MinDFStudentTOutput(5.0), level_features=False, **common)
+        return FFNetEstimator(distr_output=None if model == LEVEL_POINT_FFNET else MinDFStudentTOutput(5.0),
+                              level_features=model != NO_LEVEL_FFNET, **common)
     if _min_df(model) is not None:  # e.g. "... df>5)": MinDFStudentTOutput(5)
         from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
         return FFNetEstimator(distr_output=MinDFStudentTOutput(_min_df(model)), **common)

@@ -16,9 +16,9 @@ from pathlib import Path
 import timeseries_reference as R
 import torch
 from ffnet_ts import data as D
-from ffnet_ts import fastconv
 from ffnet_ts import train as T
 from ffnet_ts.baselines import RevIN
+from ffnet_ts.gluonts.module import forward_with_token_offset
 from ffnet_ts.model import create_model
 from torch import nn
 
@@ -46,13 +46,8 @@ def main() -> None:
         def fwd(x, self=net):
             x, stats = self.revin.norm(x)
             mean, std = stats
-            b = x.shape[0]
-            f = self.stem(x.transpose(1, 2))
             emb = 10.0 * self.level_embed(torch.stack([mean, torch.log(std)], -1))  # x10: ~10x lr under Adam
-            f = f + emb.reshape(b, -1, 1)
-            if fastconv._fast(f):
-                f = fastconv.to_channel_major(f)
-            return RevIN.denorm(self.forward_head(self.blocks(f)), stats)
+            return RevIN.denorm(forward_with_token_offset(self, x, emb.reshape(x.shape[0], -1, 1)), stats)
         net.forward = fwd
     train_args["precision"] = "bf16"
     cfg = T.TrainConfig(seed=a.seed, progress=False, device="cpu", **train_args)

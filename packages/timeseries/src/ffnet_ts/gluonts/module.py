@@ -29,6 +29,15 @@ def masked_norm(x: torch.Tensor, observed: torch.Tensor, eps: float = 1e-5):
     return torch.where(w > 0, (x - mean) / std, torch.zeros_like(x)), (mean, std)
 
 
+def forward_with_token_offset(net: FFNetTS, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``net`` (built with ``revin=False``) on a normalized window (B, L, M), with ``offset`` (B, M*D, 1), channels
+    (m, d), added to every patch token after the stem -> (B, H, M). The level features' forward."""
+    f = net.stem(x.transpose(1, 2)) + offset  # (B, M*D, N)
+    if fastconv._fast(f):  # the broadcast add may return the batch-major layout
+        f = fastconv.to_channel_major(f)
+    return net.forward_head(net.blocks(f))
+
+
 class FFNetTSModel(nn.Module):
     """FFNet-TS for gluonts batches: point forecasts (MSE), or a distribution per step (NLL) with ``distr_output``.
 
@@ -84,11 +93,7 @@ class FFNetTSModel(nn.Module):
             return self.net(x)
         mean, std = stats  # (B, 1, M) each
         emb = self.level_embed(torch.stack([mean, torch.log(std)], dim=-1))  # (B, 1, M, D)
-        f = self.net.stem(x.transpose(1, 2))  # (B, M*D, N), channels (m, d)
-        f = f + emb.reshape(f.shape[0], -1, 1)
-        if fastconv._fast(f):  # the broadcast add may return the batch-major layout
-            f = fastconv.to_channel_major(f)
-        return self.net.forward_head(self.net.blocks(f))
+        return forward_with_token_offset(self.net, x, emb.reshape(x.shape[0], -1, 1))
 
     def describe_inputs(self, batch_size: int = 1) -> InputSpec:
         shape = (batch_size, self.context_length) + ((self.target_dim,) if self.target_dim > 1 else ())
