@@ -297,6 +297,7 @@ def cmd_forecast(args) -> int:
         for line in _member_lines(rows) + _validation_notes(args.model, rows):
             print(line)
         print(f"\nwrote {metrics_path} and checkpoints, forecasts, plots in {out}/")
+    T.teardown_distributed(info)
     return 0
 
 

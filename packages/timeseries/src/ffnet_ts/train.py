@@ -158,6 +158,16 @@ def setup_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     return info, dev
 
 
+def teardown_distributed(info: DistInfo) -> None:
+    """End a torchrun run cleanly: every rank waits until rank 0 has written its outputs, then leaves the group.
+
+    Only the success path calls this. A rank that fails exits non-zero and torchrun stops the others, so no rank
+    is left waiting here for one that has died."""
+    if info.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Learning rate
 # ---------------------------------------------------------------------------------------------------------
