@@ -82,6 +82,10 @@ def estimator(model: str, horizon: int, lookback: int, a, root: str):
         from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
         return FFNetEstimator(distr_output=None if model == LEVEL_POINT_FFNET else MinDFStudentTOutput(5.0),
                               level_features=model != NO_LEVEL_FFNET, **common)
+    if model in (MEAN_SCALED_FFNET, MEAN_SCALED_POINT_FFNET):  # gluonts' MeanScaler instead of RevIN (session 30)
+        from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
+        return FFNetEstimator(distr_output=None if model == MEAN_SCALED_POINT_FFNET else MinDFStudentTOutput(5.0),
+                              scaling="mean", **common)
     if _min_df(model) is not None:  # e.g. "... df>5)": MinDFStudentTOutput(5)
         from ffnet_ts.gluonts import FFNetEstimator, MinDFStudentTOutput
         return FFNetEstimator(distr_output=MinDFStudentTOutput(_min_df(model)), **common)
@@ -94,7 +98,27 @@ def estimator(model: str, horizon: int, lookback: int, a, root: str):
     raise ValueError(model)
 
 
-def score(predictor, test) -> dict:
+def by_item(err: np.ndarray, context: np.ndarray, names: list[str]) -> dict:
+    """Per item (windows are item-major): MSE over its windows, and MSE over three kinds of context window:
+    flat (context std < 1e-3, e.g. no rain at all), and the rest split at the item's median context std into
+    calm and volatile. Keys: item -> {"mse", "flat", "calm", "volatile", "n_flat", "n_calm", "n_volatile"}."""
+    n = len(names)
+    err2 = (err ** 2).reshape(n, -1, err.shape[-1]).mean(axis=2)  # (items, windows)
+    sd = context.std(axis=1).reshape(n, -1)
+    out = {}
+    for j, name in enumerate(names):
+        flat = sd[j] < 1e-3
+        cut = np.median(sd[j][~flat]) if (~flat).any() else 0.0
+        kinds = {"flat": flat, "calm": ~flat & (sd[j] <= cut), "volatile": ~flat & (sd[j] > cut)}
+        out[name] = {"mse": float(err2[j].mean()),
+                     **{k: (float(err2[j][m].mean()) if m.any() else None) for k, m in kinds.items()},
+                     **{f"n_{k}": int(m.sum()) for k, m in kinds.items()}}
+    return out
+
+
+def score(predictor, test, names: list[str] | None = None, lookback: int | None = None) -> dict:
+    """Scores of ``predictor`` on ``test``; with the item ``names`` (and ``lookback``) also ``per_item``
+    (see ``by_item``)."""
     from gluonts.evaluation import Evaluator
 
     forecasts = list(predictor.predict(test.input))
@@ -107,13 +131,17 @@ def score(predictor, test) -> dict:
     agg, _ = Evaluator(quantiles=(0.1, 0.5, 0.9), num_workers=0)(truths, forecasts)
     # scored on the means (FFNet-TS is a point forecaster)
     err = np.stack([f.mean - np.asarray(lab["target"]) for f, lab in zip(forecasts, test.label)])  # (windows*items, H)
+    extra = {}
+    if names is not None:
+        context = np.stack([np.asarray(inp["target"])[-(lookback or err.shape[1]):] for inp in test.input])
+        extra["per_item"] = by_item(err, context, names)
     return {"mse": float((err ** 2).mean()), "mae": float(np.abs(err).mean()), "gluonts_MSE": agg["MSE"],
             "ND": agg["ND"], "NRMSE": agg["NRMSE"], "MASE": agg["MASE"], "mean_wQuantileLoss":
             agg["mean_wQuantileLoss"], "coverage_80": agg["Coverage[0.9]"] - agg["Coverage[0.1]"],
-            "forecasts": len(forecasts)}
+            "forecasts": len(forecasts), **extra}
 
 
-def run_model(model: str, name: str, seed: int, a, train, test) -> dict:
+def run_model(model: str, name: str, seed: int, a, train, test, cols: list[str] | None = None) -> dict:
     import lightning.pytorch as pl
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # after its import: a checkpoint line per epoch
@@ -125,15 +153,15 @@ def run_model(model: str, name: str, seed: int, a, train, test) -> dict:
         train_s = time.perf_counter() - t
     params = sum(p.numel() for p in predictor.prediction_net.parameters())
     return {"dataset": name, "model": model, "seed": seed, "train_seconds": round(train_s, 1), "params": params,
-            **score(predictor, test)}
+            **score(predictor, test, cols, a.lookback)}
 
 
-def run_naive(season: int, name: str, a, test) -> dict:
+def run_naive(season: int, name: str, a, test, cols: list[str] | None = None) -> dict:
     from gluonts.model.seasonal_naive import SeasonalNaivePredictor
 
     pred = SeasonalNaivePredictor(prediction_length=a.horizon, season_length=season)
     return {"dataset": name, "model": f"seasonal naive ({season})", "seed": None, "train_seconds": 0.0,
-            "params": 0, **score(pred, test)}
+            "params": 0, **score(pred, test, cols, a.lookback)}
 
 
 def plot_fans(name: str, a, train, test, cols: list[str], path: Path, windows=(0, 15)) -> dict:
@@ -187,8 +215,10 @@ DEFAULT_FFNET = "FFNetEstimator (StudentT, df>5)"  # distr_output="auto" for uni
 NO_LEVEL_FFNET = "FFNetEstimator (StudentT, df>5, no level features)"  # = the default (level features are opt-in)
 LEVEL_FFNET = "FFNetEstimator (StudentT, df>5, level features)"
 LEVEL_POINT_FFNET = "FFNetEstimator (level features)"  # the point forecaster with level_features=True
+MEAN_SCALED_FFNET = "FFNetEstimator (StudentT, df>5, mean scaling)"  # scaling="mean" (session 30)
+MEAN_SCALED_POINT_FFNET = "FFNetEstimator (mean scaling)"
 MODELS = ["FFNetEstimator", LEVEL_POINT_FFNET, DEFAULT_FFNET, LEVEL_FFNET, NO_LEVEL_FFNET, "FFNetEstimator (StudentT)",
-          "DLinearEstimator", "PatchTSTEstimator"]
+          MEAN_SCALED_FFNET, MEAN_SCALED_POINT_FFNET, "DLinearEstimator", "PatchTSTEstimator"]
 
 
 def _min_df(name: str) -> float | None:
@@ -237,7 +267,10 @@ def table(rows: list[dict], a) -> str:
                          f"{f'{mse / ref:.3f}x' if ref else '–'} | "
                          f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | {rs[0]['params']:,} |")
     lines.append("")
-    lines.append(f"{rows[0]['forecasts'] if rows else 0} forecasts per model and dataset (items x windows). "
+    counts = {ds: next((r["forecasts"] for r in rows if r["dataset"] == ds), 0) for ds in a.datasets}
+    per_ds = (f"{next(iter(counts.values()), 0)} forecasts per model and dataset" if len(set(counts.values())) <= 1
+              else "Forecasts per model: " + ", ".join(f"{ds} {n}" for ds, n in counts.items()))
+    lines.append(f"{per_ds} (items x windows). "
                  "MSE / MAE: over every forecast step, standardized units; ND, MASE, mean wQL: gluonts' Evaluator; "
                  "80 % interval coverage: the share of true values between the 0.1 and 0.9 quantiles "
                  "(Coverage[0.9] - Coverage[0.1]; 0.80 when calibrated) "
@@ -246,7 +279,35 @@ def table(rows: list[dict], a) -> str:
                  "default for univariate items since session 27; FFNetEstimator (StudentT): gluonts' "
                  "`StudentTOutput()` (df > 2), the default before). Level features (session 29, opt-in): only in the rows "
                  "named 'level features'; the 'no level features' row is the default, run again.")
+    if any("per_item" in r for r in rows):
+        lines += ["", *item_table(rows, a)]
     return "\n".join(lines) + "\n"
+
+
+def item_table(rows: list[dict], a) -> list[str]:
+    """Per item and model (mean over seeds): MSE over all windows, and over the volatile half (context std above
+    the item's median; flat windows, context std < 1e-3, are neither calm nor volatile)."""
+    lines = ["Per item: MSE over all windows / over the volatile windows (context std above the item's median). "
+             "Counts: flat / calm / volatile windows; flat = context std < 1e-3 (e.g. no rain at all)."]
+    for ds in a.datasets:
+        rs = [r for r in rows if r["dataset"] == ds and "per_item" in r]
+        if not rs:
+            continue
+        models = list(dict.fromkeys(r["model"] for r in rs))
+        lines += ["", f"**{ds}**", "", "| item | windows | " + " | ".join(models) + " |",
+                  "|---|---|" + "---:|" * len(models)]
+        items_ = list(rs[0]["per_item"])
+        for it in items_:
+            first = rs[0]["per_item"][it]
+            cells = []
+            for m in models:
+                got = [r["per_item"][it] for r in rs if r["model"] == m]
+                vol = [g["volatile"] for g in got if g["volatile"] is not None]
+                cells.append(f"{statistics.mean(g['mse'] for g in got):.3f} / "
+                             + (f"{statistics.mean(vol):.3f}" if vol else "–"))
+            lines.append(f"| {it} | {first['n_flat']} / {first['n_calm']} / {first['n_volatile']} | "
+                         + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -303,11 +364,11 @@ def main(argv=None) -> None:
         train, test, windows, cols = items(name, a.lookback, a.horizon, a.split)
         print(f"{name}: {len(cols)} items x {windows} {a.split} windows", flush=True)
         for season in (1, 24):
-            rows.append(run_naive(season, name, a, test))
+            rows.append(run_naive(season, name, a, test, cols))
             print(json.dumps({k: rows[-1][k] for k in ("dataset", "model", "mse", "mae")}), flush=True)
         for model in a.models:
             for seed in a.seeds:
-                rows.append(run_model(model, name, seed, a, train, test))
+                rows.append(run_model(model, name, seed, a, train, test, cols))
                 print(json.dumps({k: rows[-1][k] for k in ("dataset", "model", "seed", "mse", "mae", "train_seconds")}),
                       flush=True)
     save(a.name, {"env": environment(), "args": vars(a), "rows": rows}, table(rows, a))

@@ -31,10 +31,18 @@ def test_windows_tile_the_protocol_test_split_and_naive_matches_numpy(bench, dat
         s = first + w * H
         np.testing.assert_array_equal(labels[k]["target"], data[s:s + H, j])
         assert len(inputs[k]["target"]) == s
-    naive = bench.score(SeasonalNaivePredictor(prediction_length=H, season_length=1), test)
+    naive = bench.score(SeasonalNaivePredictor(prediction_length=H, season_length=1), test, cols, L)
     ref = np.stack([(data[first + w * H:first + (w + 1) * H, j] - data[first + w * H - 1, j]) ** 2
                     for j in range(len(cols)) for w in range(windows)])
     assert naive["mse"] == pytest.approx(ref.mean(), rel=1e-5)
+    per_item = ref.reshape(len(cols), windows, H).mean(axis=(1, 2))
+    for j, c in enumerate(cols):  # per item, from the same windows
+        got = naive["per_item"][c]
+        assert got["mse"] == pytest.approx(per_item[j], rel=1e-5)
+        assert got["n_flat"] + got["n_calm"] + got["n_volatile"] == windows
+        sd = np.array([data[first + w * H - L:first + w * H, j].std() for w in range(windows)])
+        volatile = sd > np.median(sd[sd >= 1e-3])
+        assert got["volatile"] == pytest.approx(ref[j * windows:(j + 1) * windows][volatile].mean(), rel=1e-5)
     assert naive["gluonts_MSE"] == pytest.approx(ref.mean(), rel=1e-5)  # gluonts' Evaluator agrees
     assert naive["forecasts"] == len(labels) and np.isfinite(naive["MASE"])
 
@@ -95,3 +103,18 @@ def test_fan_plot_draws_ordered_bands_on_the_target_item(bench, data_dir, tmp_pa
         assert np.all(d["lo"] <= d["med"]) and np.all(d["med"] <= d["hi"]), model
     with Image.open(png) as im:
         assert im.format == "PNG"
+
+
+def test_by_item_splits_flat_calm_and_volatile_contexts(bench):
+    names = ["rain", "temp"]
+    context = np.zeros((2 * 4, 8))  # item-major: 4 windows per item
+    context[1] = [0, 0, 0, 0, 0, 0, 0, 5.0]  # rain: one spike, two flat windows, one small wiggle
+    context[2, :4] = 0.1
+    for w in range(4):  # temp: contexts of increasing spread
+        context[4 + w] = np.linspace(-1, 1, 8) * (w + 1)
+    err = np.arange(8, dtype=float)[:, None] * np.ones((8, 3))  # window k's error is k
+    got = bench.by_item(err, context, names)
+    assert (got["rain"]["n_flat"], got["rain"]["n_calm"], got["rain"]["n_volatile"]) == (2, 1, 1)
+    assert got["rain"]["flat"] == pytest.approx((0 + 9) / 2) and got["rain"]["volatile"] == 1.0
+    assert got["rain"]["calm"] == 4.0 and got["rain"]["mse"] == pytest.approx((0 + 1 + 4 + 9) / 4)
+    assert got["temp"]["flat"] is None and got["temp"]["volatile"] == pytest.approx((36 + 49) / 2)

@@ -296,6 +296,66 @@ def test_level_features_learn_at_their_own_rate_are_opt_in_and_auto_follows_the_
     assert len(FFNetLightningModule({"prediction_length": H, "context_length": CONTEXT,
                                      "model_kwargs": {**TINY, "level_features": True}},
                                     lr=1e-4).configure_optimizers().param_groups[1]["params"]) == 2
-    with pytest.raises(ValueError, match="level_features needs revin=True"):
+    with pytest.raises(ValueError, match=r"level_features needs revin=True \(scaling=.std.\)"):
         FFNetTSModel(prediction_length=H, context_length=CONTEXT,
                      model_kwargs={**TINY, "revin": False, "level_features": True})
+
+
+@pytest.mark.parametrize("distr", [None, "studentt"])
+def test_mean_scaling_is_gluonts_mean_scaler_scale_equivariant_and_sees_the_level(distr):
+    """scaling="mean": the network sees the window divided by gluonts' MeanScaler scale (mean |x|, not centred),
+    and the forecast is multiplied back. So f(a*x) = a*f(x), but unlike RevIN ("std") a shift of the window is
+    not a shift of the forecast: the level stays visible. scaling=None / revin=False feed the raw window."""
+    from ffnet_ts.gluonts import FFNetTSModel, MinDFStudentTOutput
+    from gluonts.torch.scaler import MeanScaler
+
+    torch.manual_seed(0)
+    out = MinDFStudentTOutput(5.0) if distr else None
+    std = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs=TINY, distr_output=out).eval()
+    mean = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs={**TINY, "scaling": "mean"},
+                        distr_output=out).eval()
+    mean.load_state_dict(std.state_dict())  # the same network: only the scaling differs
+    past = torch.randn(3, CONTEXT) * 2 + 7
+    observed = torch.ones_like(past)
+    observed[0, :5] = 0.0  # missing values: left out of the scale
+
+    def forecast(m, x, obs=None):
+        with torch.no_grad():
+            if distr is None:
+                return m.point_forecast(x, obs)
+            (_, mu, _), loc, scale = m.distribution_args(x, obs)
+            return loc + scale * mu
+
+    scaled, _, scale = MeanScaler(dim=1, keepdim=True)(past.unsqueeze(-1), observed.unsqueeze(-1))
+    with torch.no_grad():  # the reference: gluonts' scaler around the bare network
+        raw = mean.net(scaled)[..., 0]
+        if distr is not None:
+            raw = raw.view(3, H, -1)
+            mu = mean.distr_output.domain_map(*torch.split(raw, mean.arg_sizes, dim=-1))[1]
+            raw = mu
+    torch.testing.assert_close(forecast(mean, past, observed), raw * scale[:, :, 0])
+    a, b = 3.0, -20.0
+    torch.testing.assert_close(forecast(mean, a * past), a * forecast(mean, past), rtol=1e-4, atol=1e-4)
+    shifted = forecast(mean, past + b) - (forecast(mean, past) + b)
+    assert float(shifted.abs().max()) > 1e-2  # not shift-equivariant: the level is part of the input
+    torch.testing.assert_close(forecast(std, a * past + b), a * forecast(std, past) + b, rtol=1e-4, atol=1e-4)
+    none = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs={**TINY, "scaling": None},
+                        distr_output=out).eval()
+    old = FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs={**TINY, "revin": False},
+                       distr_output=out).eval()
+    assert none.scaling is None and old.scaling is None
+
+
+def test_scaling_option_is_checked_and_turns_auto_level_features_off():
+    from ffnet_ts.gluonts import FFNetTSModel
+
+    est = FFNetEstimator(prediction_length=H, context_length=CONTEXT, **TINY, scaling="mean", level_features="auto")
+    model = est.create_lightning_module().model
+    assert model.scaling == "mean" and model.level_embed is None
+    assert FFNetEstimator(prediction_length=H, **TINY).create_lightning_module().model.scaling == "std"  # default
+    with pytest.raises(ValueError, match="scaling must be 'std', 'mean' or None"):
+        FFNetEstimator(prediction_length=H, scaling="minmax")
+    with pytest.raises(ValueError, match="level_features need scaling='std'"):
+        FFNetEstimator(prediction_length=H, scaling="mean", level_features=True)
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        FFNetTSModel(prediction_length=H, context_length=CONTEXT, model_kwargs={**TINY, "scaling": "max"})

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from gluonts.core.component import validated
 from gluonts.model import Input, InputSpec
+from gluonts.torch.scaler import MeanScaler
 from gluonts.torch.util import weighted_average
 from torch import nn
 
 from .. import fastconv
 from ..baselines import RevIN
 from ..model import FFNetTS
+
+SCALINGS = ("std", "mean", None)
 
 
 def masked_norm(x: torch.Tensor, observed: torch.Tensor, eps: float = 1e-5):
@@ -52,7 +55,10 @@ class FFNetTSModel(nn.Module):
             RevIN mean and std become the distribution's ``loc`` and ``scale``, as gluonts' own models pass
             their scaler's. ``None``: the point forecaster (MSE).
         In both, RevIN's statistics come from the observed past values only (:func:`masked_norm`).
-        model_kwargs may also hold ``revin`` (default True) and ``level_features`` (default False; ours, not in
+        model_kwargs may also hold ``scaling`` (``"std"``, the default: RevIN, as in the paper; ``"mean"``:
+        gluonts' ``MeanScaler``, the window divided by its mean absolute value and not centred, as gluonts'
+        DLinear and PatchTST scale by default; ``None``: the raw window; the older ``revin=False`` is
+        ``None``) and ``level_features`` (default False; ours, not in
         the paper): RevIN takes each window's level and spread out of the network's view, and on globally
         standardized items that level carries information (a window far above the series' mean tends to come
         back). With ``level_features`` the window's mean and log std are embedded (a zero-initialized
@@ -71,7 +77,13 @@ class FFNetTSModel(nn.Module):
         kwargs = dict(model_kwargs or {})
         # RevIN is applied here, not inside the network: over observed values only (masked_norm), and for a
         # distribution its statistics become the distribution's loc and scale instead of a denorm
-        self.revin = kwargs.pop("revin", True)
+        scaling = kwargs.pop("scaling", "std")
+        if not kwargs.pop("revin", True):
+            scaling = None
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        self.scaling = scaling
+        self.revin = scaling == "std"
         level_features = kwargs.pop("level_features", False)
         self.arg_sizes = [1] if distr_output is None else list(distr_output.args_dim.values())
         self.net = FFNetTS(n_vars=target_dim, lookback=context_length,
@@ -79,8 +91,8 @@ class FFNetTSModel(nn.Module):
         self.level_embed = None
         if level_features:
             if not self.revin:
-                raise ValueError("level_features needs revin=True: it hands the network the level and spread that "
-                                 "RevIN takes out of the window")
+                raise ValueError("level_features needs revin=True (scaling='std'): it hands the network the level "
+                                 "and spread that RevIN takes out of the window")
             # zero-initialized: an untrained model with level features is the model without them
             self.level_embed = nn.Linear(2, self.net.dim)
             nn.init.zeros_(self.level_embed.weight)
@@ -103,9 +115,12 @@ class FFNetTSModel(nn.Module):
     def _normalized(self, past_target: torch.Tensor, past_observed_values: torch.Tensor | None):
         """(B, L) or (B, L, M) -> (B, L, M) network input and its (mean, std), each (B, 1, M)."""
         x = past_target if past_target.dim() == 3 else past_target.unsqueeze(-1)  # (B, L, M)
-        if not self.revin:
+        if self.scaling is None:
             return x, None
         observed = torch.ones_like(x) if past_observed_values is None else past_observed_values.view_as(x)
+        if self.scaling == "mean":  # gluonts' own scaler, so the scale is what its DLinear / PatchTST would use
+            scaled, loc, scale = MeanScaler(dim=1, keepdim=True)(x, observed)
+            return scaled, (loc, scale)
         return masked_norm(x, observed)
 
     def point_forecast(self, past_target: torch.Tensor,
