@@ -146,6 +146,39 @@ def test_keep_freed_memory_keeps_activations_above_the_mmap_cap_too():
     assert int(kept) < int(default) / 10  # 0 in the runs seen
 
 
+_TRIM = """
+import ctypes
+from ffnet_ts import accel
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def heap_gb():
+    for line in open("/proc/self/maps"):
+        if "[heap]" in line:
+            a, b = (int(x, 16) for x in line.split()[0].split("-"))
+            return (b - a) / 2**30
+    return 0.0
+print(accel.keep_freed_memory())
+blocks = [libc.malloc(2**29) for _ in range(6)]  # 3 GiB of address space, never touched (so never resident)
+grown = heap_gb()
+for b in blocks:
+    libc.free(b)
+print(grown, heap_gb())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc's mallopt")
+def test_kept_heap_is_not_trimmed_when_more_than_2_gib_is_freed():
+    """The reference grid's batch-2048 steps free more than 2 GiB at the heap's top. With the trim threshold at
+    2**31 - 1 (the largest int, session 29) glibc gave that back to the kernel on every step; at -1 (SIZE_MAX)
+    it stays. 3 GiB are allocated and freed untouched: address space only, nothing becomes resident."""
+    out = subprocess.run([sys.executable, "-c", _TRIM], check=True, capture_output=True, text=True).stdout
+    applied, grown, after = out.split()[-3:]
+    assert applied == "True"
+    assert float(grown) >= 3.0  # M_MMAP_MAX = 0: the blocks came from the heap
+    assert float(after) == float(grown)
+
+
 _THP = """
 import resource
 import ffnet_ts  # before torch, as the ffnet-ts command does

@@ -144,8 +144,12 @@ def keep_freed_memory() -> bool:
     * ``M_MMAP_MAX = 0``: no allocation is served by its own ``mmap``; all come from the heap, which also
       covers the activations above glibc's 32 MiB threshold cap that the reference recipes' batches produce
       (an fp32 (512, 896, 48) tensor is 88 MB). glibc still falls back to ``mmap`` if the heap cannot grow.
-    * ``M_TRIM_THRESHOLD`` at its maximum and ``M_MMAP_THRESHOLD`` at 32 MiB: the heap is not trimmed, so
-      freed pages stay mapped and the next step reuses them without a fault.
+    * ``M_TRIM_THRESHOLD`` = -1, which glibc takes as SIZE_MAX, and ``M_MMAP_THRESHOLD`` at 32 MiB: the heap
+      is never trimmed, so freed pages stay mapped and the next step reuses them without a fault. (Until session
+      30 this was 2**31 - 1, the largest positive int. glibc then still trimmed whenever more than 2 GiB at the
+      heap's top was free, which the reference grid's batch-2048 ETTm steps did on every step: the heap swung
+      between 7 and 12 GB and the process spent 42 % of its CPU time in the kernel, faulting 8,000 pages a
+      second back in.)
 
     Measured by ``benchmarks/timeseries_malloc.py`` (Intel Xeon VM, 2026-12-02; Weather shapes, 21 variables,
     ffn_ratio 4, bf16, 2 threads, fresh processes, settings alternated): a batch-128 step took 1.23 s with
@@ -169,7 +173,7 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
         ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) == 1
-        ok = libc.mallopt(m_trim_threshold, 2**31 - 1) == 1 and ok
+        ok = libc.mallopt(m_trim_threshold, -1) == 1 and ok  # int -1 -> size_t SIZE_MAX: never trim
         ok = libc.mallopt(m_mmap_max, 0) == 1 and ok
     except (OSError, AttributeError):
         return False
