@@ -170,7 +170,7 @@ print(grown, heap_gb())
 @pytest.mark.skipif(platform.system() != "Linux", reason="glibc's mallopt")
 def test_kept_heap_is_not_trimmed_when_more_than_2_gib_is_freed():
     """The reference grid's batch-2048 steps free more than 2 GiB at the heap's top. With the trim threshold at
-    2**31 - 1 (the largest int, session 29) glibc gave that back to the kernel on every step; at -1 (SIZE_MAX)
+    2**31 - 1 (the largest int, used until session 30) glibc gave that back to the kernel on every step; at -1 (SIZE_MAX)
     it stays. 3 GiB are allocated and freed untouched: address space only, nothing becomes resident."""
     out = subprocess.run([sys.executable, "-c", _TRIM], check=True, capture_output=True, text=True).stdout
     applied, grown, after = out.split()[-3:]
