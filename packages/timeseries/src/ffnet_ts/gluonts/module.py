@@ -83,14 +83,13 @@ class FFNetTSModel(nn.Module):
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
         self.scaling = scaling
-        self.revin = scaling == "std"
         level_features = kwargs.pop("level_features", False)
         self.arg_sizes = [1] if distr_output is None else list(distr_output.args_dim.values())
         self.net = FFNetTS(n_vars=target_dim, lookback=context_length,
                            horizon=prediction_length * sum(self.arg_sizes), **kwargs, revin=False)
         self.level_embed = None
         if level_features:
-            if not self.revin:
+            if scaling != "std":
                 raise ValueError("level_features needs revin=True (scaling='std'): it hands the network the level "
                                  "and spread that RevIN takes out of the window")
             # zero-initialized: an untrained model with level features is the model without them
