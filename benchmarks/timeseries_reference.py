@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -176,9 +177,14 @@ def _git_commit() -> str:
 
 
 def run_cell(ds: str, h: int, model: str, *, out_dir: Path, epochs: int | None = None,
-             max_windows: int | None = None, threads: int | None = None, precision: str = "fp32") -> dict:
+             max_windows: int | None = None, threads: int | None = None, precision: str = "fp32",
+             grad_checkpointing: int = 0) -> dict:
     """Train and test one cell with its published recipe; write <out_dir>/<cell>.json. Resumes from the
-    per-epoch state file of an interrupted run of the same cell at the same precision.
+    per-epoch state file of an interrupted run of the same cell at the same precision and checkpointing.
+
+    ``grad_checkpointing=k`` (FFNet-TS only; ``TrainConfig.grad_checkpointing``): the channel
+    mixer's hidden layer in k recomputed slices: about half the memory for ~1.3x the step time, so two
+    FFNet-TS cells fit this machine at once. Same recipe and model; recorded in ``train_args``.
 
     ``precision="bf16"``: CPU bf16 autocast for the training steps (``TrainConfig.precision``; refused on CPUs
     without native bf16); validation and test stay fp32. Recorded in the JSON's ``train_args``."""
@@ -199,12 +205,15 @@ def run_cell(ds: str, h: int, model: str, *, out_dir: Path, epochs: int | None =
     net = create_model(model, n_vars=prep.n_vars, lookback=LOOKBACK, horizon=h, **model_args)
     if precision != "fp32":
         train_args["precision"] = precision
+    if model != "ffnet_ts":
+        grad_checkpointing = 0
+    if grad_checkpointing:
+        train_args["grad_checkpointing"] = grad_checkpointing
     cfg = T.TrainConfig(seed=SEED, progress=False, device="cpu", **train_args)
     T.check_precision(precision, torch.device("cpu"))
     name = cell_name(ds, h, model)
     # a resume state never crosses precisions: an fp32 cell resumed in bf16 would be neither
-    tag = "" if precision == "fp32" else f".{precision}"
-    state = STATE_DIR / (f"{name}{tag}.smoke.pt" if (epochs or max_windows) else f"{name}{tag}.pt")
+    state = STATE_DIR / f"{name}{_state_tag(precision, grad_checkpointing)}{'.smoke' if epochs or max_windows else ''}.pt"
     state.parent.mkdir(parents=True, exist_ok=True)
     lock = STATE_DIR / f"{name}.lock"
     if not _acquire_lock(lock):
@@ -325,12 +334,19 @@ def plan(datasets, horizons, models, out: Path) -> list[dict]:
     return rows
 
 
+def _state_tag(precision: str, grad_checkpointing: int = 0) -> str:
+    """The resume-state file's suffix: a state never crosses precisions or checkpointing settings."""
+    return ("" if precision == "fp32" else f".{precision}") + (f".gc{grad_checkpointing}" if grad_checkpointing else "")
+
+
 def _progress(name: str, precision: str) -> tuple[int, int]:
-    """(epochs finished, epochs since the best) of the cell's resume state at ``precision``; (0, 0) if none."""
-    tag = "" if precision == "fp32" else f".{precision}"
-    state = STATE_DIR / f"{name}{tag}.pt"
-    if not state.is_file():
+    """(epochs finished, epochs since the best) of the cell's resume state at ``precision`` (any checkpointing
+    setting, the most advanced one); (0, 0) if none."""
+    states = [p for p in STATE_DIR.glob(f"{name}{_state_tag(precision)}*.pt")
+              if re.fullmatch(re.escape(name + _state_tag(precision)) + r"(\.gc\d+)?\.pt", p.name)]
+    if not states:
         return 0, 0
+    state = max(states, key=lambda p: int(torch.load(p, map_location="cpu", weights_only=False)["epoch"]))
     st = torch.load(state, map_location="cpu", weights_only=False)
     return int(st["epoch"]), int(st["bad_epochs"])
 
@@ -434,7 +450,7 @@ def _load_estimates() -> dict:
 N_VARS = {"ETTh1": 7, "ETTh2": 7, "ETTm1": 7, "ETTm2": 7, "Weather": 21}
 
 
-def memory_need_gb(ds: str, h: int, model: str) -> float:
+def memory_need_gb(ds: str, h: int, model: str, grad_checkpointing: int = 0) -> float:
     """Rough peak memory of a cell's training step. FFNet-TS's activations grow with batch x variables x
     ffn_ratio, PatchTST's with batch x variables; DLinear and iTransformer stay near 2 GB. Fitted to peak RSS
     with the kept heap (``keep_freed_memory``), which swings by a few GB within an epoch: ETTm2 H96 (batch
@@ -447,7 +463,9 @@ def memory_need_gb(ds: str, h: int, model: str) -> float:
     if model != "ffnet_ts":
         return 2.0
     d = dataset_defaults(ds, h)
-    return 1.0 + 1.95 * d["batch_size"] / 256 * N_VARS[ds] / 7 * (d["ffn_ratio"] + 4) / 16
+    need = 1.0 + 1.95 * d["batch_size"] / 256 * N_VARS[ds] / 7 * (d["ffn_ratio"] + 4) / 16
+    # checkpointed: 3.5 instead of ~4.0 x 2 GB at batch 1024, 2.2 instead of 4.0 at 512 (ETTm1 shapes, bf16)
+    return 1.0 + (need - 1.0) * 0.55 if grad_checkpointing else need
 
 
 def _mem_available_gb() -> float:
@@ -501,7 +519,8 @@ def _running_elsewhere(cell: tuple) -> bool:
 MAX_KILLS = 3  # a cell killed by a signal this many times in one runner is given up (as an error would be)
 
 
-def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, precision: str = "fp32") -> None:
+def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, precision: str = "fp32",
+             grad_checkpointing: int = 0) -> None:
     """Every missing cell of datasets x horizons x models in order, each in a fresh subprocess (so it picks up
     the current code). The order is recomputed before every cell, so estimates written by a concurrent --plan
     are used as they land. Runners over disjoint models can share a machine; a cell another process is
@@ -518,9 +537,10 @@ def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, 
         # NOTE: the machine is shared: a cell whose training step would not fit in the free memory waits (an OOM
         # kill could hit another job), and a cheaper cell that fits runs meanwhile.
         free = _mem_available_gb()
-        fits = [c for c in todo if memory_need_gb(*c) <= free - 2.0]
+        fits = [c for c in todo if memory_need_gb(*c, grad_checkpointing) <= free - 2.0]
         if not fits:
-            print(f"[{time.strftime('%H:%M:%S')}] waiting: {cell_name(*todo[0])} needs ~{memory_need_gb(*todo[0]):.0f} GB,"
+            print(f"[{time.strftime('%H:%M:%S')}] waiting: {cell_name(*todo[0])} needs "
+                  f"~{memory_need_gb(*todo[0], grad_checkpointing):.0f} GB,"
                   f" {free:.0f} GB available", flush=True)
             time.sleep(120)  # a cell killed for memory (OOM) resumes soon after the memory is back
             continue
@@ -536,7 +556,8 @@ def run_grid(threads: int, datasets=DATASETS, horizons=HORIZONS, models=MODELS, 
         env = {"THP_MEM_ALLOC_ENABLE": "1", **os.environ, "OMP_NUM_THREADS": str(threads),
                "MKL_NUM_THREADS": str(threads)}
         rc = subprocess.run([sys.executable, __file__, "--cell", ds, str(h), m, "--threads", str(threads),
-                             "--precision", precision], env=env).returncode
+                             "--precision", precision, "--grad-checkpointing", str(grad_checkpointing)],
+                            env=env).returncode
         print(f"[{time.strftime('%H:%M:%S')}] end {cell_name(ds, h, m)} rc={rc} "
               f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         if rc < 0 and killed[(ds, h, m)] < MAX_KILLS:
@@ -566,8 +587,10 @@ def _bf16(cell: dict) -> bool:
 
 
 def _cell(cell: dict) -> str:
-    """A cell's MSE / MAE, marked ᵇ when its training steps ran under CPU bf16 autocast."""
-    return _f((cell["mse"], cell["mae"])) + (" ᵇ" if _bf16(cell) else "")
+    """A cell's MSE / MAE, marked ᵇ when its training steps ran under CPU bf16 autocast and ᶜ when under
+    gradient checkpointing (``--grad-checkpointing``)."""
+    gc = cell.get("train_args", {}).get("grad_checkpointing")
+    return _f((cell["mse"], cell["mae"])) + (" ᵇ" if _bf16(cell) else "") + ("ᶜ" if gc else "")
 
 
 def _duration(s: float) -> str:
@@ -690,7 +713,11 @@ def write_table() -> str:
         "On the ETTh1 H96 reference recipe bf16 and fp32 gave test MSE 0.38611 vs 0.38608 for FFNet-TS, best epoch "
         "96 in both (`timeseries_bf16_etth1_reference_recipe.json`), and 0.37937 vs 0.37936 for PatchTST, best "
         "epoch 7 in both, 33 instead of 114 minutes (`timeseries_bf16_etth1_patchtst_reference_recipe.json`, "
-        "session 21); PatchTST cells from session 21 on run in bf16. Every cell without the mark is fp32.",
+        "session 21); PatchTST cells from session 21 on run in bf16. Every cell without the mark is fp32. "
+        "ᶜ: FFNet-TS trained with `--grad-checkpointing 8` (session 31 on): the channel mixer's hidden layer in 8 "
+        "recomputed feature slices (`FFNetTS.set_grad_checkpointing`), about half the memory for ~1.3x the step "
+        "time, so two FFNet-TS cells fit the machine at once. Same model, recipe and parameters; the dropout masks "
+        "are drawn per slice, so a run is not bit-identical to an unmarked one.",
         "",
         "Paper columns: FFNet's Table 5 (spec §2.6) gives only 4-horizon averages (ETT = mean of the four subsets); "
         "iTransformer per horizon from its paper (anchors §1.2; averages §9.1). Those runs used GPUs and, for "
@@ -848,6 +875,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=T.PRECISIONS, default="fp32",
                    help="training-step precision of the cells run (bf16: CPU autocast, native-bf16 CPUs only; "
                         "recorded per cell and marked in the table)")
+    p.add_argument("--grad-checkpointing", type=int, default=0, metavar="CHUNKS",
+                   help="FFNet-TS cells: the channel mixer's hidden layer in CHUNKS recomputed slices (about half "
+                        "the memory, ~1.3x the step time; recorded per cell and marked in the table); 0: off")
     p.add_argument("--epochs", type=int, default=None, help="smoke tests only: override the recipe's epochs")
     p.add_argument("--max-windows", type=int, default=None, help="smoke tests only: windows kept per split")
     p.add_argument("--out-dir", default=None, help="where --cell writes its JSON (default: results dir)")
@@ -871,7 +901,7 @@ def main(argv=None) -> int:
         except T.ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        run_grid(args.threads, args.datasets, args.horizons, args.models, args.precision)
+        run_grid(args.threads, args.datasets, args.horizons, args.models, args.precision, args.grad_checkpointing)
         return 0
     ds, h, model = args.cell[0], int(args.cell[1]), args.cell[2]
     if ds not in DATASETS or h not in HORIZONS or model not in MODELS:
@@ -889,7 +919,7 @@ def main(argv=None) -> int:
         return 0
     try:
         run_cell(ds, h, model, out_dir=out_dir, epochs=args.epochs, max_windows=args.max_windows,
-                 threads=args.threads, precision=args.precision)
+                 threads=args.threads, precision=args.precision, grad_checkpointing=args.grad_checkpointing)
     except (CellBusy, T.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -177,10 +177,11 @@ def test_resume_states_can_live_in_the_repo(load_benchmark, monkeypatch, tmp_pat
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
     d = "benchmarks/state/timeseries_reference/"
-    names = [d + n for n in ("ETTm2_96_ffnet_ts.bf16.pt", "ETTm2_96_ffnet_ts.lock", "runF.log", "x.bf16.smoke.pt",
+    names = [d + n for n in ("ETTm2_96_ffnet_ts.bf16.pt", "ETTm2_96_ffnet_ts.bf16.gc8.pt",
+                             "ETTm2_96_ffnet_ts.lock", "runF.log", "x.bf16.smoke.pt", "x.bf16.gc8.smoke.pt",
                              "ETTh1_336_patchtst.bf16.pt", "Weather_96_itransformer.pt")]
     out = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root, capture_output=True, text=True)
-    assert out.stdout.split() == names[1:]
+    assert out.stdout.split() == names[2:]  # FFNet-TS resume states are committed, checkpointed or not
 
 
 def test_grid_plot_draws_only_finished_cells_relative_to_itransformer(bench, tmp_path):
@@ -199,3 +200,22 @@ def test_grid_plot_draws_only_finished_cells_relative_to_itransformer(bench, tmp
     assert drawn[("rel", "dlinear", "ETTh2")] == []  # nothing to compare against
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1] > 300
+
+
+def test_checkpointed_cells_are_marked_and_their_states_kept_apart(bench, tmp_path, monkeypatch):
+    assert bench._state_tag("fp32") == "" and bench._state_tag("bf16") == ".bf16"
+    assert bench._state_tag("bf16", 8) == ".bf16.gc8"
+    cell = dict(_cell("ETTm1", 192, "ffnet_ts", 0.4), train_args={"precision": "bf16", "grad_checkpointing": 8})
+    assert bench._cell(cell).endswith("ᵇᶜ") and not bench._cell(_cell("ETTm1", 192, "dlinear", 0.4)).endswith("ᶜ")
+    # the plan's progress reads whichever state of the cell went furthest, checkpointed or not
+    monkeypatch.setattr(bench, "STATE_DIR", tmp_path)
+    torch = pytest.importorskip("torch")
+    torch.save({"epoch": 3, "bad_epochs": 1}, tmp_path / "ETTm1_192_ffnet_ts.bf16.pt")
+    torch.save({"epoch": 5, "bad_epochs": 0}, tmp_path / "ETTm1_192_ffnet_ts.bf16.gc8.pt")
+    torch.save({"epoch": 9, "bad_epochs": 0}, tmp_path / "ETTm1_192_ffnet_ts.bf16.gc8.smoke.pt")
+    torch.save({"epoch": 9, "bad_epochs": 0}, tmp_path / "ETTm1_192_ffnet_ts.pt")  # fp32: another precision
+    assert bench._progress("ETTm1_192_ffnet_ts", "bf16") == (5, 0)
+    assert bench._progress("ETTm1_336_ffnet_ts", "bf16") == (0, 0)
+    # a checkpointed FFNet-TS cell needs less memory in the runner's check; other models are unaffected
+    assert bench.memory_need_gb("ETTm1", 192, "ffnet_ts", 8) < 0.6 * bench.memory_need_gb("ETTm1", 192, "ffnet_ts")
+    assert bench.memory_need_gb("Weather", 192, "patchtst", 8) == bench.memory_need_gb("Weather", 192, "patchtst")

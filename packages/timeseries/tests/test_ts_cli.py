@@ -70,6 +70,8 @@ def test_resume_via_cli(small_csv, tmp_path):
     (["--data", "{small}", "--tune", "-2"], "--tune"),
     (["--data", "{small}", "--tune", "--model", "dlinear"], "--tune"),
     (["--data", "{small}", "--tune", "2", "--time-budget", "3"], "budget once"),
+    (["--data", "{small}", "--grad-checkpointing", "1"], "--grad-checkpointing"),
+    (["--data", "{small}", "--grad-checkpointing", "4", "--model", "dlinear"], "--grad-checkpointing"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(small_csv, tmp_path, capsys, argv, message):
     bad = tmp_path / "bad.csv"
@@ -139,6 +141,21 @@ def test_loss_option_reaches_training_and_metrics(tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["forecast", "--data", str(csv), "--loss", "l3", "--out", str(tmp_path / "bad")])
     assert e.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_grad_checkpointing_option_reaches_training(tmp_path, monkeypatch):
+    from ffnet_ts import model as M
+
+    csv = _synthetic_csv(tmp_path / "syn.csv", rows=200)
+    sliced = []
+    real = M.FFNetTSBlock._sliced_channel_mixer
+    monkeypatch.setattr(M.FFNetTSBlock, "_sliced_channel_mixer", lambda self, x: sliced.append(1) or real(self, x))
+    out = tmp_path / "run"
+    assert cli.main(["forecast", "--data", str(csv), "--model", "ffnet_ts_tiny", "--lookback", "24", "--horizon",
+                     "12", "--epochs", "1", "--grad-checkpointing", "4", "--blend", "off", "--no-progress",
+                     "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())["horizons"]["12"]
+    assert m["train_config"]["grad_checkpointing"] == 4 and sliced and np.isfinite(m["mse"])
 
 
 def test_precision_option_reaches_training_and_refuses_emulated_bf16(tmp_path, monkeypatch, capsys):

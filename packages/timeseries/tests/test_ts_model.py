@@ -366,3 +366,93 @@ def test_fit_installs_the_linear_base_from_the_train_windows(data_dir, tmp_path)
     T.fit(m, prep, T.TrainConfig(epochs=1, patience=1, batch_size=64, progress=False))
     w = R.fit_linear(prep).weight
     torch.testing.assert_close(m.base_weight, torch.from_numpy(w[:-1]).float())
+
+
+# ------------------------------------------------------------------------------------ gradient checkpointing
+
+
+def _ckpt_loss_and_grads(m, x, *, bf16=False):
+    m.zero_grad()
+    torch.manual_seed(7)  # the token mixer's and the value's dropout draw the same masks in both runs
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = m(x).float().pow(2).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("stock", [False, True])
+def test_grad_checkpointing_equals_the_plain_training_step(stock, device, one_thread):
+    # the sliced hidden layer computes the same function: with its own dropout off (the other dropouts on) the
+    # loss, every gradient and the BN running statistics match the plain forward on the fast and stock paths
+    m = _model("ffnet_ts", n_vars=3, ffn_ratio=4, dropout=0.0).to(device).train()
+    x = torch.randn(6, 32, 3, device=device)
+    ctx = fastconv.stock_ops() if stock else torch.enable_grad()
+    with ctx:
+        loss0, g0 = _ckpt_loss_and_grads(m, x)
+        bn0 = m.blocks[0].channel_mixer.key_interaction.norm.bn.running_mean.clone()
+        m.set_grad_checkpointing(True, chunks=4)
+        loss1, g1 = _ckpt_loss_and_grads(m, x)
+        bn1 = m.blocks[0].channel_mixer.key_interaction.norm.bn.running_mean.clone()
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)
+    scale = max(g.abs().max().item() for g in g0.values())
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6 * scale, msg=n)
+    # BN sits outside the recomputed slices: its running mean (from 0) takes one update per step, not two, from
+    # the same batch mean mu: bn0 = k * mu, bn1 = (1 - k) * bn0 + k * mu = (2 - k) * bn0
+    momentum = m.blocks[0].channel_mixer.key_interaction.norm.bn.momentum
+    torch.testing.assert_close(bn1, (2 - momentum) * bn0, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_checkpointing_recompute_redraws_the_same_dropout_masks(monkeypatch, one_thread):
+    # with the FFN dropout on, the backward's recomputation must reuse the forward's masks (RNG state restored):
+    # the same sliced model without recomputation (checkpoint replaced by a plain call) gives identical numbers
+    import torch.utils.checkpoint as tuc
+
+    m = _model("ffnet_ts", n_vars=3, ffn_ratio=4, dropout=0.6).train()
+    m.set_grad_checkpointing(True, chunks=2)
+    x = torch.randn(6, 32, 3)
+    for bf16 in (False, True):
+        loss_ck, g_ck = _ckpt_loss_and_grads(m, x, bf16=bf16)
+        with monkeypatch.context() as mp:
+            mp.setattr(tuc, "checkpoint", lambda fn, *a, **kw: fn(*a))
+            loss_plain, g_plain = _ckpt_loss_and_grads(m, x, bf16=bf16)
+        assert torch.equal(loss_ck, loss_plain)
+        for n in g_ck:
+            assert torch.equal(g_ck[n], g_plain[n]), n
+
+
+def test_grad_checkpointing_holds_the_hidden_layer_one_slice_at_a_time(one_thread):
+    # bytes kept for the backward by the forward pass (the activations autograd saves), plain vs checkpointed:
+    # the r = 12 hidden layer dominates the plain step and is not kept at all when checkpointed
+    m = _model("ffnet_ts", n_vars=3, ffn_ratio=12, dropout=0.5).train()
+    x = torch.randn(16, 32, 3)
+    kept = []
+    for enable in (False, True):
+        m.set_grad_checkpointing(enable, chunks=4)
+        total = [0]
+
+        def pack(t, total=total):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x).pow(2).mean()
+        kept.append(total[0])
+    hidden = 16 * 3 * 64 * 12 * m.num_patches * 4  # one fp32 (B, M*rD, N) tensor
+    assert kept[0] - kept[1] > 1.5 * hidden, kept
+
+
+def test_grad_checkpointing_leaves_eval_and_fusing_alone_and_checks_chunks():
+    m = randomize_bn(_model("ffnet_ts", ffn_ratio=4)).eval()
+    x = torch.randn(5, 32, 3)
+    with torch.no_grad():
+        ref = m(x)
+        m.set_grad_checkpointing(True, chunks=8)
+        assert torch.equal(m(x), ref)
+        reparameterize_model(m)
+        assert rel_err(m(x), ref) < 1e-5
+    for bad in (1, 3, 0):
+        with pytest.raises(ValueError, match="chunks"):
+            m.set_grad_checkpointing(True, chunks=bad)
+    m.set_grad_checkpointing(False)
+    assert all(b.ffn_chunks == 0 for b in m.blocks)

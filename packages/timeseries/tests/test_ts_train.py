@@ -258,3 +258,15 @@ def test_cpu_bf16_precision_trains_under_autocast_and_evaluates_in_fp32(prep, mo
     r = T.fit(m, prep, _cfg(epochs=1, batch_size=64, epoch_windows=64, precision="bf16"))
     assert dtypes["train"] == {torch.bfloat16} and dtypes["eval"] == {torch.float32}
     assert math.isfinite(r.best_val_mse) and all(p.dtype == torch.float32 for p in m.parameters())
+
+
+def test_grad_checkpointing_config_slices_the_model_or_refuses(prep):
+    m = _model(prep)
+    res = T.fit(m, prep, _cfg(epochs=1, grad_checkpointing=4))
+    assert all(b.ffn_chunks == 4 for b in m.blocks) and math.isfinite(res.best_val_mse)
+    with pytest.raises(T.ConfigError, match="divide dim"):  # ffnet_ts_tiny has dim 8
+        T.fit(_model(prep), prep, _cfg(epochs=1, grad_checkpointing=3))
+    torch.manual_seed(0)
+    dl = create_model("dlinear", n_vars=prep.n_vars, lookback=48, horizon=24)
+    with pytest.raises(T.ConfigError, match="FFNet-TS"):
+        T.fit(dl, prep, _cfg(epochs=1, grad_checkpointing=4))

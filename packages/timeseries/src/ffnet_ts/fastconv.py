@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from ffnet.layers import DenseBackend
 from torch import nn
 
-__all__ = ["SequenceBackend", "SEQUENCE_BACKEND", "ToeplitzDWConv1d", "PointwiseConv1d", "LayoutBatchNorm1d",
+__all__ = ["SequenceBackend", "SEQUENCE_BACKEND", "ToeplitzDWConv1d", "PointwiseConv1d", "pointwise_conv",
+           "LayoutBatchNorm1d",
            "FastDropout", "LayoutGELU", "residual_add", "stock_ops", "is_channel_major", "to_channel_major",
-           "swap_channel_groups", "channel_major_grad"]
+           "swap_channel_groups", "channel_major_grad", "cat_channels"]
 
 
 _ENABLED = True
@@ -102,6 +103,13 @@ def swap_channel_groups(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return x.reshape(B, a, b, N).transpose(1, 2).reshape(B, b * a, N)
 
 
+def cat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(xs, 1)`` for (B, C_i, N) tensors; channel-major operands give a channel-major result."""
+    if all(_fast(x) and is_channel_major(x) for x in xs):
+        return torch.cat([x.transpose(0, 1) for x in xs], 0).transpose(0, 1)
+    return torch.cat(xs, 1)
+
+
 def _toeplitz(w: torch.Tensor, n: int) -> torch.Tensor:
     """(C, k) kernels -> (C, n, n) matrices T[c, i, j] = w[c, j - i + k // 2] (0 outside the kernel).
 
@@ -140,12 +148,20 @@ class PointwiseConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _fast(x):
             return super().forward(x)
-        B, C, N = x.shape
-        G, C_out = self.groups, self.out_channels
-        xc = x.transpose(0, 1).reshape(G, C // G, B * N)  # no copy when x is channel-major
-        w = self.weight.view(G, C_out // G, C // G)
-        y = torch.bmm(w, xc) if self.bias is None else torch.baddbmm(self.bias.view(G, C_out // G, 1), w, xc)
-        return y.view(C_out, B, N).transpose(0, 1)
+        return pointwise_conv(x, self.weight, self.bias, self.groups)
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, groups=groups)`` for a (C_out, C / groups, 1) ``weight``; on CPU the
+    channel-major bmm of :class:`PointwiseConv1d` (which calls this with its own parameters)."""
+    if not _fast(x):
+        return F.conv1d(x, weight, bias, groups=groups)
+    B, C, N = x.shape
+    G, C_out = groups, weight.shape[0]
+    xc = x.transpose(0, 1).reshape(G, C // G, B * N)  # no copy when x is channel-major
+    w = weight.view(G, C_out // G, C // G)
+    y = torch.bmm(w, xc) if bias is None else torch.baddbmm(bias.view(G, C_out // G, 1), w, xc)
+    return y.view(C_out, B, N).transpose(0, 1)
 
 
 class LayoutBatchNorm1d(nn.BatchNorm1d):

@@ -38,8 +38,10 @@ from .baselines import RevIN
 from .fastconv import (
     SEQUENCE_BACKEND,
     FastDropout,
+    cat_channels,
     channel_major_grad,
     is_channel_major,
+    pointwise_conv,
     residual_add,
     swap_channel_groups,
     to_channel_major,
@@ -213,10 +215,44 @@ class FFNetTSBlock(nn.Module):
                                        inference_mode=inference_mode)
         self.channel_mixer = channel_mixer(dim, n_vars, ffn_ratio, dropout, kernel_size, small_kernel, out_dropout,
                                            inference_mode=inference_mode)
+        self.ffn_chunks = 0  # > 1: the channel mixer's hidden layer in recomputed slices (FFNetTS.set_grad_checkpointing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = residual_add(x, self.token_mixer(x))
+        if self.ffn_chunks > 1 and self.training and torch.is_grad_enabled():
+            return residual_add(x, self._sliced_channel_mixer(x))
         return residual_add(x, self.channel_mixer(x))
+
+    def _sliced_channel_mixer(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel mixer with its r-times-wider hidden layer computed in ``ffn_chunks`` slices of the
+        features d, each under activation checkpointing: the slice for features [d0, d1) needs hidden channels
+        [d0 * r, d1 * r) of every variable (the value map reads only those), so no slice sums over another's
+        hidden channels and the backward keeps one slice's activations alive at a time. The BN and the
+        value dropout run on the whole batch, as in the plain forward; the parameters are the same."""
+        from torch.utils.checkpoint import checkpoint
+
+        cm = self.channel_mixer
+        q = cm.key_interaction.norm(cm.query_proj(x))
+        d, m = cm.value_interaction.dim, cm.value_interaction.n_vars
+        step = d // self.ffn_chunks
+        parts = [checkpoint(self._ffn_slice, q, d0, d0 + step, use_reentrant=False, preserve_rng_state=True)
+                 for d0 in range(0, d, step)]
+        h = cat_channels(parts)  # (B, D*M, N), channels (d, m)
+        return cm.value_interaction.drop(swap_channel_groups(h, d, m))
+
+    def _ffn_slice(self, q: torch.Tensor, d0: int, d1: int) -> torch.Tensor:
+        """Channel-mixer outputs (d, m) for features d in [d0, d1), from the normalized query ``q``."""
+        cm = self.channel_mixer
+        key, value = cm.key_interaction, cm.value_interaction
+        m, d, r = value.n_vars, value.dim, value.ffn_ratio
+        j0, j1 = d0 * r, d1 * r
+        w1 = key.fc.weight.view(m, r * d, d)[:, j0:j1].reshape(m * (j1 - j0), d, 1)
+        b1 = None if key.fc.bias is None else key.fc.bias.view(m, r * d)[:, j0:j1].reshape(-1)
+        h = cm.activation(key.drop(pointwise_conv(q, w1, b1, m)))  # (B, M*jc, N), channels (m, j)
+        h = swap_channel_groups(h, m, j1 - j0)  # channels (j, m)
+        w2 = value.fc.weight.view(d, m, r * m)[d0:d1].reshape((d1 - d0) * m, r * m, 1)
+        b2 = None if value.fc.bias is None else value.fc.bias.view(d, m)[d0:d1].reshape(-1)
+        return pointwise_conv(h, w2, b2, d1 - d0)  # (B, (d1 - d0)*M, N), channels (d, m)
 
 
 class PatchStem(nn.Module):
@@ -302,6 +338,18 @@ class FFNetTS(nn.Module):
             self.register_buffer("base_bias", torch.zeros(horizon))
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True, *, chunks: int = 8) -> None:
+        """Trade compute for memory in training (timm's name for it): the channel mixer's hidden layer, r times
+        wider than the block (r = 12 on ETTm and Weather), is computed in ``chunks`` feature slices that are
+        recomputed in the backward pass, so its activations are held one slice at a time instead of all at
+        once. Same model and parameters, same masks' distribution; the dropout masks are drawn per slice (so
+        not bit-identical to the plain forward) and the extra forward of the hidden layer costs time (see the
+        README). Inference and eval are unaffected."""
+        if enable and (chunks < 2 or self.dim % chunks):
+            raise ValueError(f"chunks must be >= 2 and divide dim {self.dim}, got {chunks}")
+        for block in self.blocks:
+            block.ffn_chunks = chunks if enable else 0
 
     @torch.no_grad()
     def set_linear_base(self, weight) -> None:

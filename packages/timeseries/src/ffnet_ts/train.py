@@ -99,6 +99,7 @@ class TrainConfig:
     precision: str = "fp32"  # CPU training steps: fp32 | bf16 (autocast; needs native bf16, see accel)
     ema: float | None = None  # per-step decay of an exponential moving average of the weights; None: off
     schedule_offset: int = 0  # epochs trained before a cosine / onecycle schedule starts (see module docstring)
+    grad_checkpointing: int = 0  # > 1: FFNet-TS's channel-mixer hidden layer in that many recomputed slices; 0: off
 
 
 def training_loss(name: str):
@@ -408,6 +409,13 @@ def fit(model: nn.Module, prep: Prepared, cfg: TrainConfig, *, meta: dict | None
         from .reference import fit_linear
 
         model.set_linear_base(fit_linear(prep).weight)
+    if cfg.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"gradient checkpointing is implemented for FFNet-TS models, not {type(model).__name__}")
+        try:
+            model.set_grad_checkpointing(True, chunks=cfg.grad_checkpointing)
+        except ValueError as e:
+            raise ConfigError(f"gradient checkpointing: {e}") from e
     model.to(device)
     raw = model
     if info.world > 1:
