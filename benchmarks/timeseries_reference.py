@@ -346,8 +346,7 @@ def _progress(name: str, precision: str) -> tuple[int, int]:
               if re.fullmatch(re.escape(name + _state_tag(precision)) + r"(\.gc\d+)?\.pt", p.name)]
     if not states:
         return 0, 0
-    state = max(states, key=lambda p: int(torch.load(p, map_location="cpu", weights_only=False)["epoch"]))
-    st = torch.load(state, map_location="cpu", weights_only=False)
+    st = max((torch.load(p, map_location="cpu", weights_only=False) for p in states), key=lambda s: int(s["epoch"]))
     return int(st["epoch"]), int(st["bad_epochs"])
 
 
